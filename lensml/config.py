@@ -125,7 +125,18 @@ def load_config(path: str | None, overrides: dict[str, object], cls=RunConfig):
             set_path(cfg, k, v)
     for k, v in overrides.items():
         set_path(cfg, k, v)
+    validate(cfg)
     return cfg
+
+
+def validate(cfg) -> None:
+    """Re-run every nested config's own checks after fields were set one by one."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value)
+    if hasattr(cfg, "__post_init__"):
+        cfg.__post_init__()
 
 
 def iter_fields(cls, prefix: str = ""):

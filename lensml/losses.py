@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lensml.errors import LensError
+
 
 @dataclass
 class LossConfig:
@@ -28,9 +30,9 @@ class LossConfig:
 
     def __post_init__(self):
         if self.reduction not in ("mean", "sum"):
-            raise ValueError(f"loss reduction must be mean or sum, got {self.reduction}")
+            raise LensError(f"loss reduction must be mean or sum, got '{self.reduction}'")
         if self.retain not in ("mean", "last", "both"):
-            raise ValueError(f"retain must be mean, last or both, got {self.retain}")
+            raise LensError(f"retain must be mean, last or both, got '{self.retain}'")
 
 
 def _sq(diff: torch.Tensor, reduction: str) -> torch.Tensor:

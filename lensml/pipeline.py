@@ -95,6 +95,17 @@ def _all_langs(cfg: RunConfig) -> list[str]:
     return [cfg.central] + [lang for lang in cfg.langs if lang != cfg.central]
 
 
+def _check_counts(cfg: RunConfig, probe_texts: dict[str, list[str]], train_rows: list[dict]) -> None:
+    """Fail before loading the model when the data cannot give the samples asked for."""
+    for lang, texts in probe_texts.items():
+        if cfg.probe.samples is not None and len(texts) < cfg.probe.samples:
+            raise LensError(f"probe data has {len(texts)} texts for '{lang}', {cfg.probe.samples} asked: "
+                            f"lower --probe-samples or add data")
+    if cfg.train.samples is not None and len(train_rows) < cfg.train.samples:
+        raise LensError(f"training data has {len(train_rows)} prompts, {cfg.train.samples} asked: "
+                        f"lower --train-samples or add data")
+
+
 def _save_model(model, tokenizer, directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
@@ -110,6 +121,7 @@ def run(cfg: RunConfig) -> dict:
     with timer("data"):
         probe_texts = load_texts(cfg.probe_data, langs)
         train_rows = load_rows(cfg.train_data, langs)
+        _check_counts(cfg, probe_texts, train_rows)
         held = load_rows(cfg.eval.data, langs) if cfg.eval.enabled else []
         if cfg.eval.enabled:
             n_eval = cfg.eval.samples or len(held)

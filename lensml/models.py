@@ -52,6 +52,9 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str) -> torch.device:
+    from lensml import distributed
+    if device == "auto" and distributed.is_distributed():
+        return distributed.device()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

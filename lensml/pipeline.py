@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lensml import __version__
+from lensml import __version__, distributed
 from lensml.config import RunConfig, to_dict
 from lensml.data.loaders import load_rows, load_texts
 from lensml.errors import LensError
@@ -42,7 +42,15 @@ def ensure_free(out: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def staged_output(out: Path, overwrite: bool):
-    """Yield a temporary directory that replaces `out` only if the block succeeds."""
+    """Yield a temporary directory that replaces `out` only if the block succeeds.
+
+    Under data parallelism only the main process publishes; the others get a scratch
+    directory that is discarded (they compute, the main process writes).
+    """
+    if not distributed.is_main():
+        with tempfile.TemporaryDirectory(prefix="lensml-scratch-") as scratch:
+            yield Path(scratch)
+        return
     ensure_free(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -122,8 +130,9 @@ def run(cfg: RunConfig) -> dict:
         probe_texts = load_texts(cfg.probe_data, langs)
         train_rows = load_rows(cfg.train_data, langs)
         _check_counts(cfg, probe_texts, train_rows)
-        held = load_rows(cfg.eval.data, langs) if cfg.eval.enabled else []
-        if cfg.eval.enabled:
+        do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
+        held = load_rows(cfg.eval.data, langs) if do_eval else []
+        if do_eval:
             n_eval = cfg.eval.samples or len(held)
             if len(held) < n_eval:
                 raise LensError(f"evaluation data has {len(held)} prompts, {n_eval} asked: lower --eval.samples")
@@ -135,16 +144,18 @@ def run(cfg: RunConfig) -> dict:
             subspace = probe(model, tok, probe_texts, cfg.central, cfg.probe, name, cfg.probe_data)
             subspace.save_pretrained(tmp / "subspace")
         prompts = {lang: [r[lang] for r in held] for lang in langs}
-        if cfg.eval.enabled:
+        if do_eval:
             with timer("eval_base"):
                 base_answers = answer_prompts(model, tok, prompts, cfg.eval, "base")
                 base_nll = answer_nll(model, tok, prompts[cfg.central], base_answers[cfg.central])
         with timer("train"):
             result = train(model, tok, subspace, train_rows, langs, cfg.central, cfg.train)
+        if not distributed.is_main():
+            return {}
         with timer("save"):
             _save_model(model, tok, tmp / "model")
         report = {"model": name, "central": cfg.central, "languages": langs}
-        if cfg.eval.enabled:
+        if do_eval:
             with timer("eval_enhanced"):
                 enh_answers = answer_prompts(model, tok, prompts, cfg.eval, "enhanced")
                 enh_nll = answer_nll(model, tok, prompts[cfg.central], base_answers[cfg.central])
@@ -201,8 +212,9 @@ def probe_job(cfg: RunConfig) -> LanguageSubspace:
     texts = load_texts(cfg.probe_data, langs)
     model, tok, name = load_model(cfg.model)
     subspace = probe(model, tok, texts, cfg.central, cfg.probe, name, cfg.probe_data)
-    ensure_free(out, cfg.overwrite)
-    subspace.save_pretrained(out)  # itself staged in a temporary folder and renamed
+    if distributed.is_main():
+        ensure_free(out, cfg.overwrite)
+        subspace.save_pretrained(out)  # itself staged in a temporary folder and renamed
     return subspace
 
 
@@ -218,6 +230,8 @@ def train_job(cfg: RunConfig, subspace_dir: str) -> dict:
                               langs, cfg.central)
     with staged_output(out, cfg.overwrite) as tmp:
         result = train(model, tok, subspace, rows, langs, cfg.central, cfg.train)
+        if not distributed.is_main():
+            return {"steps": result.steps, "lr": result.lr, "losses": result.history}
         _save_model(model, tok, tmp)
         summary = {"base_model": name, "steps": result.steps, "lr": result.lr, "losses": result.history,
                    "timings_s": result.timings_s, "trainable_share": result.trainable_parameters / result.total_parameters}

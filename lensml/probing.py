@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from lensml import distributed
 from lensml.errors import LensError
 from lensml.models import decoder_of
 from lensml.subspace import LanguageSubspace
@@ -65,12 +66,14 @@ def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: s
     """(n_layers, d) float64 mean last-token state over texts."""
     device = next(model.parameters()).device
     ids = encode_prompts(tokenizer, texts, cfg.max_length, cfg.system_prompt)
-    total = None
-    for idx in tqdm(length_sorted_batches([len(s) for s in ids], cfg.batch_size), desc=desc, leave=False):
-        batch = pad([ids[i] for i in idx], tokenizer.pad_token_id, side="left").to(device)
-        states = last_token_states(model, batch).to(torch.float64).sum(dim=1)
-        total = states if total is None else total + states
-    return (total / len(ids)).cpu()
+    mine = distributed.my_share(list(range(len(ids))))
+    total = torch.zeros(len(decoder_of(model).layers), model.get_input_embeddings().embedding_dim,
+                        dtype=torch.float64, device=device)
+    for idx in tqdm(length_sorted_batches([len(ids[i]) for i in mine], cfg.batch_size), desc=desc, leave=False,
+                    disable=not distributed.is_main()):
+        batch = pad([ids[mine[i]] for i in idx], tokenizer.pad_token_id, side="left").to(device)
+        total += last_token_states(model, batch).to(torch.float64).sum(dim=1)
+    return (distributed.all_reduce_sum(total) / len(ids)).cpu()
 
 
 def _hash_texts(texts: list[str]) -> str:

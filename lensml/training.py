@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from lensml import distributed
 from lensml.caching import TopBlock
 from lensml.errors import LensError
 from lensml.losses import LossConfig, lens_loss
@@ -23,6 +24,7 @@ from lensml.subspace import LanguageSubspace
 from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, masked_mean, pad
 
 log = logging.getLogger(__name__)
+TERMS = ("loss", "agnostic", "specific", "retain")
 
 
 @dataclass
@@ -69,19 +71,25 @@ class TrainResult:
 
 
 class _Cache:
-    """Per-prompt start-layer inputs and reference states, for every language."""
+    """Per-prompt start-layer inputs and reference states, for every language.
+
+    Under data parallelism a process caches only the prompts it owns (distributed.my_share).
+    """
 
     def __init__(self, block: TopBlock, ids: dict[str, list[list[int]]], pad_id: int, batch_size: int, device):
         self.ids, self.hidden, self.last, self.mean = ids, {}, {}, {}
         model_device = next(block.model.parameters()).device
         for lang, seqs in ids.items():
             hidden, last, mean = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
-            for idx in tqdm(length_sorted_batches([len(s) for s in seqs], batch_size), desc=f"cache {lang}", leave=False):
+            owned = distributed.my_share(list(range(len(seqs))))
+            for group in tqdm(length_sorted_batches([len(seqs[i]) for i in owned], batch_size), desc=f"cache {lang}",
+                              leave=False, disable=not distributed.is_main()):
+                idx = [owned[g] for g in group]
                 batch = pad([seqs[i] for i in idx], pad_id, "left").to(model_device)
                 h_in, final = block.full(batch)
                 last_b, mean_b = gather_last(final, batch.attention_mask), masked_mean(final, batch.attention_mask)
                 for row, i in enumerate(idx):
-                    hidden[i] = h_in[row, -len(seqs[i]):].to(device)
+                    hidden[i] = h_in[row, -len(seqs[i]):].to(device, copy=True)
                     last[i], mean[i] = last_b[row].float().to(device), mean_b[row].float().to(device)
             self.hidden[lang], self.last[lang], self.mean[lang] = hidden, last, mean
         self.as_tuple = block._as_tuple
@@ -163,23 +171,28 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     gen = torch.Generator().manual_seed(cfg.seed)
-    micro = max(1, math.ceil(cfg.batch_size / cfg.grad_accum))
+    micro = max(1, math.ceil(cfg.batch_size / cfg.grad_accum / distributed.world_size()))
 
     t1 = time.perf_counter()
     model.train()
-    bar = tqdm(total=total_steps, desc="training", leave=False)
+    bar = tqdm(total=total_steps, desc="training", leave=False, disable=not distributed.is_main())
     try:
         for _epoch in range(cfg.epochs):
             order = torch.randperm(n, generator=gen).tolist()
             for s in range(steps_per_epoch):
                 step_idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                logged = {}
-                for m in range(0, len(step_idx), micro):
-                    idx = step_idx[m:m + micro]
+                mine = distributed.my_share(step_idx)
+                logged = dict.fromkeys(TERMS, 0.0)
+                for m in range(0, len(mine), micro):
+                    idx = mine[m:m + micro]
                     terms = _micro_step(block, cache, idx, langs, central, tokenizer.pad_token_id, device,
                                         a, m_s, deltas, cfg.loss, weight=len(idx) / len(step_idx))
                     for k, v in terms.items():
-                        logged[k] = logged.get(k, 0.0) + v * len(idx) / len(step_idx)
+                        logged[k] += v * len(idx) / len(step_idx)
+                if distributed.is_distributed():
+                    distributed.all_reduce_grads(params)
+                    summed = distributed.all_reduce_sum(torch.tensor([logged[k] for k in TERMS], device=device))
+                    logged = dict(zip(TERMS, summed.tolist()))
                 if not all(math.isfinite(v) for v in logged.values()):
                     raise LensError(f"training loss became non-finite at step {result.steps + 1} ({_fmt(logged)}): "
                                     f"lower --lr or check the data and subspace")

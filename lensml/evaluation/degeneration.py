@@ -7,7 +7,6 @@ has not been fixed; these checks catch that.
 from __future__ import annotations
 
 import re
-from difflib import SequenceMatcher
 
 _LOOP = re.compile(r"(.{4,60}?)(?:\s*\1){2,}", re.DOTALL)
 _SPACES = re.compile(r"\s+")
@@ -21,13 +20,19 @@ def is_empty(answer: str) -> bool:
     return not answer.strip()
 
 
-def is_echo(prompt: str, answer: str, threshold: float = 0.6) -> bool:
-    """The answer mostly copies the prompt: a long common block covering most of the answer or prompt."""
+def echo_share(prompt: str, answer: str, n: int = 4) -> float:
+    """Share of the answer's character n-grams that also occur in the prompt."""
     p, a = _norm(prompt), _norm(answer)
-    if not p or not a:
-        return False
-    m = SequenceMatcher(None, p, a, autojunk=False).find_longest_match(0, len(p), 0, len(a))
-    return m.size >= threshold * min(len(a), len(p)) and m.size >= 8
+    grams = [a[i:i + n] for i in range(len(a) - n + 1)]
+    if not grams:
+        return 0.0
+    seen = {p[i:i + n] for i in range(len(p) - n + 1)}
+    return sum(g in seen for g in grams) / len(grams)
+
+
+def is_echo(prompt: str, answer: str, threshold: float = 0.5) -> bool:
+    """Most of the answer is copied from the prompt (restating it once at the start is not enough)."""
+    return echo_share(prompt, answer) >= threshold
 
 
 def is_loop(answer: str) -> bool:

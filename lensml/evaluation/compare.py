@@ -1,0 +1,114 @@
+"""`lens compare`: result JSONs side by side, shaped like Table 1 of the LENS paper.
+
+Rows are the files (models); columns are each benchmark per language (En | Zh ...),
+then per-language and overall averages of the multiple-choice accuracies, then
+MT-Bench as "score (fidelity %)". A Δ row under each later file gives its
+difference from the first file, so a before/after table reads at a glance.
+Averages only use columns every file has, so the rows stay comparable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lensml.errors import LensError
+from lensml.evaluation.atomic import write_text_atomic
+
+NAMES = {"xcopa": "XCOPA", "xwinograd": "XWinograd", "xstorycloze": "XStoryCloze", "m_mmlu": "M-MMLU",
+         "mtbench": "MT-Bench"}
+
+
+def load_result(path: str | Path) -> dict:
+    """A `lens eval` result, or the report.json of `lens run --eval-tasks` (its eval_tasks part)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise LensError(f"result file {path} does not exist") from err
+    except json.JSONDecodeError as err:
+        raise LensError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+    if isinstance(doc, dict) and "results" not in doc and isinstance(doc.get("eval_tasks"), dict):
+        doc = doc["eval_tasks"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise LensError(f"{path} is not a lens eval result (no 'results' list)")
+    for i, entry in enumerate(doc["results"]):
+        for key in ("task", "language", "value"):
+            if key not in entry:
+                raise LensError(f"{path}: result {i} has no '{key}'")
+    return doc
+
+
+def _lang_order(langs: list[str]) -> list[str]:
+    return sorted(dict.fromkeys(langs), key=lambda lang: (lang != "en", langs.index(lang)))
+
+
+def _fmt(x: float | None, digits: int = 1, sign: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _mt_cell(entry: dict | None, base: dict | None = None) -> str:
+    if entry is None:
+        return "–"
+    score = entry.get("score") if entry.get("judged") else None
+    fid = 100 * entry["fidelity"] if entry.get("fidelity") is not None else None
+    if base is None:
+        return f"{_fmt(score, 2)} ({_fmt(fid)}%)"
+    b_score = base.get("score") if base.get("judged") else None
+    b_fid = 100 * base["fidelity"] if base.get("fidelity") is not None else None
+    d_score = score - b_score if score is not None and b_score is not None else None
+    d_fid = fid - b_fid if fid is not None and b_fid is not None else None
+    return f"{_fmt(d_score, 2, True)} ({_fmt(d_fid, 1, True)})"
+
+
+def comparison_table(paths: list[str | Path]) -> str:
+    """The Markdown table (with a short legend) comparing the given result files."""
+    if not paths:
+        raise LensError("lens compare needs at least one result file")
+    docs = [load_result(p) for p in paths]
+    labels = [f"{d.get('model', '?')} ({Path(p).name})" for d, p in zip(docs, paths)]
+    cells: list[dict[tuple[str, str], dict]] = [{(e["task"], e["language"]): e for e in d["results"]} for d in docs]
+    keys = [k for c in cells for k in c]
+    tasks = list(dict.fromkeys(t for t, _ in keys))
+    mc_tasks = [t for t in tasks if t != "mtbench"]
+    columns = [(t, lang) for t in mc_tasks for lang in _lang_order([lg for tk, lg in keys if tk == t])]
+    mt_cols = [("mtbench", lang) for lang in _lang_order([lg for tk, lg in keys if tk == "mtbench"])]
+    shared = [c for c in columns if all(c in cell for cell in cells)]
+    avg_langs = _lang_order([lang for _, lang in shared])
+
+    def values(cell: dict) -> list[float | None]:
+        row = [100 * cell[c]["value"] if c in cell else None for c in columns]
+        for lang in avg_langs:
+            vals = [100 * cell[c]["value"] for c in shared if c[1] == lang]
+            row.append(sum(vals) / len(vals))
+        row.append(sum(100 * cell[c]["value"] for c in shared) / len(shared) if shared else None)
+        return row
+
+    header = [f"{NAMES.get(t, t)} {lang.capitalize()}" for t, lang in columns]
+    header += [f"Avg {lang.capitalize()}" for lang in avg_langs] + (["Avg"] if shared else [])
+    header += [f"MT-Bench {lang.capitalize()}" for _, lang in mt_cols]
+    lines = ["| Model | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    base = values(cells[0])
+    for k, (label, cell) in enumerate(zip(labels, cells)):
+        row = values(cell)
+        lines.append(f"| {label} | " + " | ".join([_fmt(v) for v in row] + [_mt_cell(cell.get(c)) for c in mt_cols]) + " |")
+        if k > 0:
+            delta = [v - b if v is not None and b is not None else None for v, b in zip(row, base)]
+            mt = [_mt_cell(cell.get(c), cells[0].get(c)) if c in cell and c in cells[0] else "–" for c in mt_cols]
+            lines.append(f"| Δ vs {labels[0]} | " + " | ".join([_fmt(v, 1, True) for v in delta] + mt) + " |")
+    legend = ["", "Accuracy in % (metric 'value' of each result: acc); Avg over the benchmarks every file has."]
+    if mt_cols:
+        legend.append("MT-Bench: judge score 1-10 (language fidelity in %); – where no judge was configured.")
+    for label, doc in zip(labels, docs):
+        modes = sorted({e.get("mode", "?") for e in doc["results"]})
+        sizes = ", ".join(f"{e['task']}:{e['language']} n={e.get('n', '?')}" for e in doc["results"])
+        legend.append(f"- {label}: mode {'/'.join(modes)}; {sizes}")
+    return "\n".join(lines + legend) + "\n"
+
+
+def write_table(text: str, out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise LensError(f"output {out} already exists: pass --overwrite or choose another --out")
+    write_text_atomic(out, text)

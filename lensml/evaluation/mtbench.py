@@ -1,0 +1,190 @@
+"""MT-Bench: two-turn answers, language fidelity, degeneration, and an optional judge.
+
+Turn 2 is generated with the whole conversation in the chat template
+([user 1, assistant answer 1, user 2]), as FastChat does, so a model that loses the
+language on the second turn is caught. Answers are greedy (FastChat samples some
+categories at temperature 0.7; greedy keeps runs reproducible). Fidelity alone is
+fooled by a model that echoes a Chinese question back, so echo, loop, empty and
+distinct-n are reported beside it, and "clean fidelity" counts only answers in the
+right language that are not degenerate. No judge configured means no score:
+the result says `"judged": false` and carries fidelity only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lensml.errors import LensError
+from lensml.evaluation.atomic import write_jsonl_atomic
+from lensml.evaluation.degeneration import degeneration, distinct_n
+from lensml.evaluation.generation import generate_answers
+from lensml.evaluation.judge import JudgeClient, JudgeConfig, find_judge_prompts, judge_messages, load_judge_prompts
+from lensml.evaluation.tasks import TaskSpec, data_path, hub_rows, read_jsonl, resolve_local, sample_indices
+
+log = logging.getLogger(__name__)
+
+HUB_QUESTIONS = "HuggingFaceH4/mt_bench_prompts"
+
+
+@dataclass
+class Question:
+    question_id: str | int
+    category: str
+    turns: list[str]
+    reference: list[str] | None
+    where: str
+
+
+@dataclass
+class GenerationConfig:
+    """Greedy answering of MT-Bench turns."""
+
+    max_new_tokens: int = field(default=1024, metadata={"help": "tokens per MT-Bench answer (FastChat: 1024)"})
+    batch_size: int = field(default=8, metadata={"help": "conversations per generation batch"})
+    max_length: int = field(default=4096, metadata={"help": "longest conversation prompt in tokens (cut from the left)"})
+
+
+def _question(row: dict, where: str) -> Question:
+    turns = row.get("turns", row.get("prompt"))
+    if not isinstance(turns, list) or len(turns) != 2 or not all(isinstance(t, str) and t.strip() for t in turns):
+        raise LensError(f"{where}: missing field 'turns' (two non-empty user turns)")
+    qid = row.get("question_id", row.get("prompt_id"))
+    if qid is None:
+        raise LensError(f"{where}: missing field 'question_id'")
+    reference = row.get("reference") or None
+    if reference is not None and not (isinstance(reference, list) and all(isinstance(r, str) for r in reference)):
+        raise LensError(f"{where}: field 'reference' must be a list of strings")
+    return Question(qid, str(row.get("category") or ""), turns, reference, where)
+
+
+def load_questions(spec: TaskSpec, limit: int | None = 1000, seed: int = 1234,
+                   data_dir: str | None = None) -> tuple[list[Question], str, Path | None]:
+    """Questions from a FastChat question.jsonl (file or folder) or the Hub (English only)."""
+    local = data_path(spec, data_dir)
+    if local is not None:
+        path = resolve_local(spec, local)
+        rows, source = read_jsonl(path), str(path)
+    else:
+        if spec.lang != "en":
+            raise LensError(f"the Hub has MT-Bench questions in English only: pass mtbench:{spec.lang}@path/to/question.jsonl")
+        path = None
+        rows, source = hub_rows(HUB_QUESTIONS, None, "train", str(spec)), f"hf:{HUB_QUESTIONS}"
+    questions = [_question(row, where) for row, where in rows]
+    if not questions:
+        raise LensError(f"{source}: no questions (empty file?)")
+    chosen = [questions[i] for i in sample_indices(len(questions), limit, seed)]
+    log.info("%s: %d of %d questions from %s", spec, len(chosen), len(questions), source)
+    return chosen, source, path
+
+
+def answer_questions(model, tokenizer, questions: list[Question], cfg: GenerationConfig) -> list[list[str]]:
+    """[answer 1, answer 2] per question; turn 2 sees the conversation so far."""
+    first = [[{"role": "user", "content": q.turns[0]}] for q in questions]
+    a1 = generate_answers(model, tokenizer, first, cfg.max_new_tokens, cfg.batch_size, cfg.max_length, desc="mt-bench turn 1")
+    second = [conv + [{"role": "assistant", "content": a}, {"role": "user", "content": q.turns[1]}]
+              for conv, a, q in zip(first, a1, questions)]
+    a2 = generate_answers(model, tokenizer, second, cfg.max_new_tokens, cfg.batch_size, cfg.max_length, desc="mt-bench turn 2")
+    return [[x, y] for x, y in zip(a1, a2)]
+
+
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+def _stderr(p: float, n: int) -> float | None:
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
+
+
+def fidelity_summary(lang: str, questions: list[Question], answers: list[list[str]],
+                     identify: Callable[[str], str], suffix: str = "") -> tuple[dict, dict]:
+    """Fidelity metrics over all answers, and per-answer details (detected language, flags)."""
+    prompts = [q.turns[t] for q in questions for t in (0, 1)]
+    flat = [a[t] for a in answers for t in (0, 1)]
+    detected = [identify(a) for a in flat]
+    flags = degeneration(prompts, flat)
+    right = [d == lang for d in detected]
+    clean = [r and not g for r, g in zip(right, flags["degenerate"])]
+    n = len(flat)
+    summary = {f"fidelity{suffix}": _share(right), f"fidelity{suffix}_stderr": _stderr(_share(right), n),
+               f"clean_fidelity{suffix}": _share(clean),
+               f"fidelity{suffix}_turn1": _share(right[0::2]), f"fidelity{suffix}_turn2": _share(right[1::2])}
+    if not suffix:
+        summary.update(echo=_share(flags["echo"]), loop=_share(flags["loop"]), empty=_share(flags["empty"]),
+                       degenerate=_share(flags["degenerate"]), distinct_1=distinct_n(flat, 1), distinct_2=distinct_n(flat, 2))
+    details = {f"langid{suffix}": detected}
+    if not suffix:
+        details.update({k: flags[k] for k in ("echo", "loop", "empty")})
+    return summary, details
+
+
+def judge_answers(judge_cfg: JudgeConfig, questions: list[Question], answers: list[list[str]],
+                  question_file: Path | None) -> tuple[dict, list[list[float | None]]]:
+    """Judge both turns of every answer; the score averages the turns that got a rating."""
+    prompts = load_judge_prompts(judge_cfg.prompts or find_judge_prompts(question_file))
+    client = JudgeClient(judge_cfg)
+    conversations = [judge_messages(prompts, q.category, q.turns, a, q.reference, turn)
+                     for q, a in zip(questions, answers) for turn in (1, 2)]
+    judgments = client.judge_many(conversations)
+    ratings = [j.rating for j in judgments]
+    per_question = [ratings[i:i + 2] for i in range(0, len(ratings), 2)]
+    rated = [r for r in ratings if r is not None]
+    mean = sum(rated) / len(rated) if rated else None
+    var = sum((r - mean) ** 2 for r in rated) / (len(rated) - 1) if len(rated) > 1 else None
+    turn = {t: [r for r in ratings[t - 1::2] if r is not None] for t in (1, 2)}
+    summary = {"judged": bool(rated), "judge_model": judge_cfg.model, "score": mean,
+               "score_stderr": math.sqrt(var / len(rated)) if var is not None else None,
+               "score_turn1": sum(turn[1]) / len(turn[1]) if turn[1] else None,
+               "score_turn2": sum(turn[2]) / len(turn[2]) if turn[2] else None,
+               "n_rated": len(rated), "n_unrated": len(ratings) - len(rated),
+               "n_cached": sum(j.cached for j in judgments)}
+    if not rated:
+        summary.pop("score")
+        summary["note"] = "the judge gave no parsable rating: no score is reported"
+    return summary, per_question
+
+
+def run_mtbench(model, tokenizer, model_name: str, spec: TaskSpec, answers_path: Path, *,
+                gen: GenerationConfig, identify: Callable[[str], str], glotlid: Callable[[str], str] | None = None,
+                judge: JudgeConfig | None = None, limit: int | None = 1000, seed: int = 1234,
+                data_dir: str | None = None) -> dict:
+    """Answer, score and (when a judge is configured) judge MT-Bench in one language; returns the result entry."""
+    t0 = time.perf_counter()
+    questions, source, question_file = load_questions(spec, limit, seed, data_dir)
+    t_load = time.perf_counter()
+    answers = answer_questions(model, tokenizer, questions, gen)
+    t_gen = time.perf_counter()
+    summary, details = fidelity_summary(spec.lang, questions, answers, identify)
+    if glotlid is not None:
+        extra, extra_details = fidelity_summary(spec.lang, questions, answers, glotlid, suffix="_glotlid")
+        summary.update(extra)
+        details.update(extra_details)
+    t_fid = time.perf_counter()
+    ratings: list[list[float | None]] | None = None
+    if judge is not None and judge.enabled:
+        judged, ratings = judge_answers(judge, questions, answers, question_file)
+        summary.update(judged)
+    else:
+        summary.update(judged=False, note="no judge configured (--judge-base-url, --judge-model): no score is reported")
+    t_judge = time.perf_counter()
+    rows = []
+    for k, (q, a) in enumerate(zip(questions, answers)):
+        row = {"question_id": q.question_id, "model_id": model_name, "category": q.category, "lang": spec.lang,
+               "turns": q.turns, "choices": [{"index": 0, "turns": a}], "tstamp": time.time()}
+        row.update({key: values[2 * k:2 * k + 2] for key, values in details.items()})
+        if ratings is not None:
+            row["ratings"] = ratings[k]
+        rows.append(row)
+    write_jsonl_atomic(answers_path, rows)
+    judged = summary.get("judged") and summary.get("score") is not None
+    return {"task": "mtbench", "language": spec.lang, "mode": "generate", "n": len(questions),
+            "metric": "score" if judged else "fidelity",
+            "value": summary["score"] if judged else summary["fidelity"],
+            "stderr": summary["score_stderr"] if judged else summary["fidelity_stderr"],
+            **summary, "source": source, "answers_file": answers_path.name, "max_new_tokens": gen.max_new_tokens,
+            "timings_s": {"load": t_load - t0, "generate": t_gen - t_load, "langid": t_fid - t_gen,
+                          "judge": t_judge - t_fid, "total": time.perf_counter() - t0}}

@@ -16,7 +16,7 @@ class QuickEvalConfig:
     data: str = field(default="embedded:heldout", metadata={"help": "held-out prompts (same sources as --train-data)"})
     samples: int | None = field(default=None, metadata={"help": "prompts per language (default: all, 40 embedded)"})
     max_new_tokens: int = field(default=64, metadata={"help": "greedy tokens per answer"})
-    batch_size: int = field(default=20, metadata={"help": "prompts per generation batch"})
+    batch_size: int = field(default=40, metadata={"help": "prompts per generation batch"})
     langid: str = field(default="lingua", metadata={"help": "language identifier: lingua, cld3, glotlid"})
     glotlid_model: str | None = field(default=None, metadata={"help": "GlotLID fastText model file (with --langid glotlid)"})
     enabled: bool = field(default=True, metadata={"help": "run the quick before/after evaluation"})

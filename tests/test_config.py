@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+
+from lensml.config import RunConfig, iter_fields, load_config
+from lensml.errors import LensError
+
+
+def test_yaml_then_command_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("langs: [zh, ja]\ntrain:\n  lr: 2.0e-4\n  loss:\n    lambdas: {zh: 1.5}\n    retain: both\nprobe:\n  samples: 50\n")
+    cfg = load_config(str(path), {"train.lr": "3e-4", "train.loss.lambdas": "zh=1,ja=0.6"})
+    assert cfg.langs == ["zh", "ja"] and cfg.train.lr == 3e-4 and cfg.probe.samples == 50
+    assert cfg.train.loss.lambdas == {"zh": 1.0, "ja": 0.6} and cfg.train.loss.retain == "both"
+
+
+def test_defaults_follow_the_paper_and_authors():
+    cfg = RunConfig()
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.weight_decay, cfg.train.warmup_ratio) == (1, 8, 0.1, 0.05)
+    assert cfg.train.start_layer == -2 and cfg.central == "en"
+    assert (cfg.train.loss.lambda1, cfg.train.loss.lambda3, cfg.train.loss.reduction) == (1.0, 1.0, "mean")
+
+
+def test_every_option_has_help():
+    for name, _tp, _default, help_text in iter_fields(RunConfig):
+        assert help_text, f"{name} has no help text"
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"train.nope": "1"}, "unknown option 'train.nope'"),
+    ({"probe.samples": "many"}, "cannot read 'many'"),
+    ({"train.loss.lambdas": "zh"}, "cannot read 'zh'"),
+    ({"overwrite": "maybe"}, "cannot read 'maybe'"),
+])
+def test_bad_options(overrides, needle):
+    with pytest.raises(LensError, match=needle):
+        load_config(None, overrides)
+
+
+def test_bundled_config_parses():
+    cfg = load_config(str(Path(__file__).parents[1] / "configs" / "llama3_8b_multilingual.yaml"), {})
+    assert cfg.model.model == "meta-llama/Meta-Llama-3-8B-Instruct" and len(cfg.langs) == 6 and cfg.train.lr == 1e-5

@@ -44,6 +44,7 @@ class ModelConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 ..."})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the Hub (off unless you trust it)"})
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)"})
+    device_map: str | None = field(default=None, metadata={"help": "spread a model over devices (e.g. auto) via accelerate; overrides device"})
 
 
 def cache_dir() -> Path:
@@ -161,11 +162,19 @@ def load_model(cfg: ModelConfig):
     try:
         tok = load_tokenizer(path, cfg)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+            path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+            device_map=cfg.device_map)
     except OSError as err:
         raise LensError(f"cannot load model '{cfg.model}': {str(err).splitlines()[0]}") from err
-    model.to(device).eval()
+    if cfg.device_map is None:
+        model.to(device)
+    model.eval()
     return model, tok, name
+
+
+def input_device(model) -> torch.device:
+    """Where inputs go: the embedding's device (the first device under a device_map)."""
+    return model.get_input_embeddings().weight.device
 
 
 def decoder_of(model):

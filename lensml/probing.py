@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from lensml import distributed
 from lensml.errors import LensError
-from lensml.models import decoder_of
+from lensml.models import decoder_of, input_device
 from lensml.subspace import LanguageSubspace
 from lensml.templating import encode_prompts, gather_last, length_sorted_batches, pad
 
@@ -49,7 +49,8 @@ def last_token_states(model, batch) -> torch.Tensor:
     kept: list[torch.Tensor] = []
 
     def keep(_module, _args, output):
-        kept.append(_layer_output(output)[rows, idx].float())
+        h = _layer_output(output)  # under a device_map, layers may sit on different devices
+        kept.append(h[rows.to(h.device), idx.to(h.device)].float().to(idx.device))
 
     handles = [layer.register_forward_hook(keep) for layer in layers[:-1]]
     try:
@@ -58,13 +59,14 @@ def last_token_states(model, batch) -> torch.Tensor:
     finally:
         for h in handles:
             h.remove()
-    kept.append(out.last_hidden_state[rows, idx].float())
+    final = out.last_hidden_state
+    kept.append(final[rows.to(final.device), idx.to(final.device)].float().to(idx.device))
     return torch.stack(kept)
 
 
 def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: str = "probe") -> torch.Tensor:
     """(n_layers, d) float64 mean last-token state over texts."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = encode_prompts(tokenizer, texts, cfg.max_length, cfg.system_prompt)
     mine = distributed.my_share(list(range(len(ids))))
     total = torch.zeros(len(decoder_of(model).layers), model.get_input_embeddings().embedding_dim,

@@ -20,6 +20,7 @@ from lensml import distributed
 from lensml.caching import TopBlock
 from lensml.errors import LensError
 from lensml.losses import LossConfig, lens_loss
+from lensml.models import input_device
 from lensml.subspace import LanguageSubspace
 from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, masked_mean, pad
 
@@ -78,7 +79,7 @@ class _Cache:
 
     def __init__(self, block: TopBlock, ids: dict[str, list[list[int]]], pad_id: int, batch_size: int, device):
         self.ids, self.hidden, self.last, self.mean = ids, {}, {}, {}
-        model_device = next(block.model.parameters()).device
+        model_device = input_device(block.model)
         for lang, seqs in ids.items():
             hidden, last, mean = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
             owned = distributed.my_share(list(range(len(seqs))))
@@ -126,7 +127,7 @@ def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[s
     for lang in langs:
         if any(not p.get(lang) for p in pairs[:n]):
             raise LensError(f"training data lacks '{lang}' text in some rows: every row needs all of {','.join(langs)}")
-    device = next(model.parameters()).device
+    device = input_device(model)
     cache_device = device if cfg.cache_device == "auto" else torch.device(cfg.cache_device)
     ids = {lang: encode_prompts(tokenizer, [p[lang] for p in pairs[:n]], cfg.max_length, cfg.system_prompt)
            for lang in langs}
@@ -143,7 +144,7 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     from transformers import get_cosine_schedule_with_warmup
 
     langs = _languages(languages, central)
-    device = next(model.parameters()).device
+    device = input_device(model)
     block = TopBlock(model, cfg.start_layer)
     t0 = time.perf_counter()
     if cache is None:
@@ -222,7 +223,7 @@ def evaluate_loss(model, tokenizer, subspace: LanguageSubspace, cache: _Cache, l
                   loss_cfg: LossConfig, batch_size: int = 8) -> dict[str, float]:
     """Loss terms of the current weights against a cache's reference states, averaged over its prompts."""
     langs = _languages(languages, central)
-    device = next(model.parameters()).device
+    device = input_device(model)
     block = TopBlock(model, cache.start)
     block._as_tuple = cache.as_tuple
     a, m_s = (t.to(device=device, dtype=torch.float32) for t in subspace.projectors(-1, loss_cfg.normalize_agnostic))
@@ -248,6 +249,10 @@ def _micro_step(block, cache, idx, langs, central, pad_id, device, a, m_s, delta
     k = len(idx)
     states = {lang: {"last": last[j * k:(j + 1) * k], "mean": mean[j * k:(j + 1) * k]} for j, lang in enumerate(langs)}
     refs = {lang: p[2] for lang, p in zip(langs, parts)}
+    if final.device != a.device:  # the last layers may sit on another GPU under a device_map
+        a, m_s = a.to(final.device), m_s.to(final.device)
+        deltas = {k: v.to(final.device) for k, v in deltas.items()}
+        refs = {k: {kk: vv.to(final.device) for kk, vv in v.items()} for k, v in refs.items()}
     terms = lens_loss(states, refs, central, a, m_s, deltas, loss_cfg)
     if weight is not None:
         (terms["loss"] * weight).backward()

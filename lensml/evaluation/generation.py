@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from lensml.models import input_device
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 
 
@@ -17,7 +18,7 @@ def generate_answers(model, tokenizer, conversations: list[list[dict] | str], ma
     Left padding with explicit positions, so a batched answer is the answer the
     prompt would get alone; batches are length-sorted to waste little padding.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = [tokenize_rendered(tokenizer, render(tokenizer, c, system), max_length) for c in conversations]
     answers: list[str] = [""] * len(ids)
     eos = _stop_ids(model, tokenizer)
@@ -46,7 +47,7 @@ def _stop_ids(model, tokenizer) -> list[int]:
 def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 16,
                system: str | None = None) -> float:
     """Mean per-token negative log-likelihood of answers given their prompts."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     total, count = 0.0, 0
     seqs, starts = [], []
     for p, a in zip(prompts, answers):

@@ -47,9 +47,9 @@ def main() -> None:
     base = answer_prompts(model, tok, prompts, qcfg, "base")
     base_scores = score_answers(prompts, base, ident)
     base_nll = answer_nll(model, tok, prompts["en"], base["en"])
-    rows = [{"setting": "base", **{f"{k}_{lang}": base_scores[lang][k] for lang in langs
+    rows = [{"setting": "base", "answers": base, **{f"{k}_{lang}": base_scores[lang][k] for lang in langs
                                    for k in ("fidelity", "clean_fidelity", "echo", "loop")}, "nll_change": 0.0}]
-    print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps({k: v for k, v in rows[-1].items() if k != "answers"}), flush=True)
     original = copy.deepcopy(model.state_dict())
     pairs = load_rows(args.train_data, langs)
     caches = {}
@@ -66,10 +66,10 @@ def main() -> None:
         enh = answer_prompts(model, tok, prompts, qcfg, "enhanced")
         sc = score_answers(prompts, enh, ident)
         nll = answer_nll(model, tok, prompts["en"], base["en"])
-        rows.append({"setting": setting, "train_s": round(train_s, 1), "steps": res.steps,
+        rows.append({"setting": setting, "train_s": round(train_s, 1), "steps": res.steps, "answers": enh,
                      **{f"{k}_{lang}": sc[lang][k] for lang in langs for k in ("fidelity", "clean_fidelity", "echo", "loop")},
                      "nll_change": (nll - base_nll) / base_nll, "final_loss": res.history[-1]})
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "answers"}), flush=True)
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"model": args.model, "lang": args.lang, "rows": rows}, f, indent=1)
     model.load_state_dict(original)

@@ -83,7 +83,8 @@ def comparison_table(paths: list[str | Path]) -> str:
         for lang in avg_langs:
             vals = [100 * cell[c]["value"] for c in shared if c[1] == lang]
             row.append(sum(vals) / len(vals))
-        row.append(sum(100 * cell[c]["value"] for c in shared) / len(shared) if shared else None)
+        if shared:
+            row.append(sum(100 * cell[c]["value"] for c in shared) / len(shared))
         return row
 
     header = [f"{NAMES.get(t, t)} {lang.capitalize()}" for t, lang in columns]

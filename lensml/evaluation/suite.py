@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ class EvalConfig:
     add_bos: bool = field(default=False, metadata={"help": "prepend BOS in loglik mode (lm-eval add_bos_token)"})
     max_new_tokens: int = field(default=1024, metadata={"help": "tokens per MT-Bench answer"})
     gen_batch_size: int = field(default=8, metadata={"help": "MT-Bench conversations per generation batch"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder with <task>/<lang>/ data used when a task has no @path (e.g. ../shared/data)"})
+    data_dir: str | None = field(default_factory=lambda: os.environ.get("LENSML_EVAL_DATA"), metadata={
+        "help": "folder with <task>/<lang>/ data for tasks without @path, e.g. ../shared/data (env LENSML_EVAL_DATA)"})
     langid: str = field(default="lingua", metadata={"help": "language identifier for fidelity: lingua or cld3"})
     glotlid_model: str | None = field(default=None, metadata={"help": "GlotLID fastText model file: adds GlotLID fidelity"})
     judge_base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible judge endpoint base URL"})

@@ -58,6 +58,8 @@ def format_report(report: dict) -> str:
         r = report["english_retention"]
         lines.append(f"{report['central']} answer NLL: base {r['base_nll']:.4f}, enhanced {r['enhanced_nll']:.4f} "
                      f"({100 * r['relative_change']:+.2f}%)")
+    if "eval_tasks" in report:
+        lines.append(report["eval_tasks"]["table"])
     t = report.get("timings_s", {})
     lines.append("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     return "\n".join(lines)

@@ -148,6 +148,9 @@ def run(cfg: RunConfig) -> dict:
             with timer("eval_base"):
                 base_answers = answer_prompts(model, tok, prompts, cfg.eval, "base")
                 base_nll = answer_nll(model, tok, prompts[cfg.central], base_answers[cfg.central])
+        if cfg.eval_tasks and distributed.is_main():
+            with timer("eval_tasks"):
+                _eval_tasks(model, tok, name, cfg.eval_tasks, tmp / "eval" / "base")
         with timer("train"):
             result = train(model, tok, subspace, train_rows, langs, cfg.central, cfg.train)
         if not distributed.is_main():
@@ -171,7 +174,8 @@ def run(cfg: RunConfig) -> dict:
             report["eval_samples"] = len(held)
         if cfg.eval_tasks:
             with timer("eval_tasks"):
-                report["eval_tasks"] = _eval_tasks(model, tok, name, cfg.eval_tasks, tmp)
+                _eval_tasks(model, tok, f"{name} + LENS", cfg.eval_tasks, tmp / "eval" / "enhanced")
+                report["eval_tasks"] = _task_summary(tmp / "eval")
         timer.stages["total"] = time.perf_counter() - t_start
         report["timings_s"] = dict(timer.stages)
         report["train"] = {"steps": result.steps, "lr": result.lr, "final": result.history[-1] if result.history else {}}
@@ -189,9 +193,23 @@ def run(cfg: RunConfig) -> dict:
     return report
 
 
-def _eval_tasks(model, tok, name: str, tasks: str, tmp: Path) -> dict:
+def _eval_tasks(model, tok, name: str, tasks: str, out_dir: Path) -> dict:
     from lensml.evaluation.suite import evaluate  # the benchmark suite; imported only when asked for
-    return evaluate(model, tok, name, tasks, tmp / "eval")
+    return evaluate(model, tok, name, tasks, out_dir)
+
+
+def _task_summary(eval_dir: Path) -> dict:
+    """Per side, task and language: the headline metric; plus the before/after table (eval/compare.md)."""
+    from lensml.evaluation.compare import comparison_table
+    paths = [eval_dir / side / "results.json" for side in ("base", "enhanced")]
+    table = comparison_table(paths)
+    (eval_dir / "compare.md").write_text(table + "\n", encoding="utf-8")
+    summary = {"table": table}
+    for side, path in zip(("base", "enhanced"), paths):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        summary[side] = {f"{e['task']}:{e['language']}": {"metric": e["metric"], "value": e["value"], "n": e["n"]}
+                         for e in doc["results"]}
+    return summary
 
 
 def _write_answers(path: Path, prompts, base, enhanced, scores) -> None:

@@ -1,6 +1,7 @@
 """`lens run`, `lens probe`, `lens train`, `lens chat` end to end on a tiny model, and bad inputs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,16 +24,20 @@ def test_run_end_to_end(tiny_llama, parallel_data, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "run"
-    assert main(["run", *_common(tiny_llama, parallel_data), "--out", str(out)]) == 0
+    xcopa = Path(__file__).parent / "evaluation" / "fixtures" / "xcopa"
+    assert main(["run", *_common(tiny_llama, parallel_data), "--out", str(out), "--eval-tasks", f"xcopa:zh@{xcopa}"]) == 0
     table = capsys.readouterr().out
-    assert "| zh |" in table and "answer NLL" in table
+    assert "| zh |" in table and "answer NLL" in table and "XCOPA Zh" in table
     report = json.loads((out / "report.json").read_text())
     assert report["languages"] == ["en", "zh", "sw"] and report["central"] == "en"
     for side in ("base", "enhanced"):
         assert set(report["fidelity"][side]) == {"en", "zh", "sw"}
         assert all(0.0 <= v <= 1.0 for v in report["fidelity"][side].values())
     assert report["english_retention"]["base_nll"] > 0
-    assert {"probe", "train", "eval_base", "eval_enhanced", "total"} <= set(report["timings_s"])
+    assert {"probe", "train", "eval_base", "eval_enhanced", "eval_tasks", "total"} <= set(report["timings_s"])
+    for side in ("base", "enhanced"):
+        assert report["eval_tasks"][side]["xcopa:zh"]["n"] > 0
+    assert (out / "eval" / "compare.md").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["train"]["lr"] == 1e-3 and len(manifest["losses"]) == 3
     assert 0 < manifest["trainable_share"] < 1 and manifest["peak_memory"]["host_gb"] > 0

@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import tempfile
@@ -19,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from lensml import __version__, distributed
+from lensml import distributed
 from lensml.config import RunConfig, to_dict
 from lensml.data.loaders import load_rows, load_texts
 from lensml.errors import LensError
+from lensml.provenance import versions
 from lensml.evaluation.generation import answer_nll
 from lensml.evaluation.quick import answer_prompts, score_answers
 from lensml.langid import LanguageIdentifier
@@ -70,12 +70,6 @@ def staged_output(out: Path, overwrite: bool):
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-
-
-def versions() -> dict:
-    import transformers
-    return {"lensml": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
 
 
 def peak_memory_gb() -> dict:

@@ -19,7 +19,7 @@ from lensml import distributed
 from lensml.errors import LensError
 from lensml.models import decoder_of, input_device
 from lensml.subspace import LanguageSubspace
-from lensml.templating import encode_prompts, gather_last, length_sorted_batches, pad
+from lensml.templating import encode_prompts, length_sorted_batches, pad
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 from lensml.errors import LensError
 
@@ -28,20 +29,25 @@ ISO3 = {"en": "eng", "zh": "zho", "ja": "jpn", "ko": "kor", "ar": "arb", "bn": "
         "de": "deu", "es": "spa", "ru": "rus", "vi": "vie", "th": "tha", "id": "ind", "tr": "tur", "hi": "hin"}
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a bad line is an error naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+def iter_jsonl(path: Path) -> Iterator[tuple[dict, str]]:
+    """(row, "file:line") per non-empty line; a bad line is an error naming the file and line."""
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise LensError(f"{path}:{n}: not valid JSON ({err.msg}): fix or remove the line") from err
+                raise LensError(f"{where}: not valid JSON ({err.msg}): fix or remove the line") from err
             if not isinstance(row, dict):
-                raise LensError(f"{path}:{n}: expected a JSON object per line")
-            rows.append(row)
+                raise LensError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield row, where
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All rows of a JSONL file; an empty file is an error."""
+    rows = [row for row, _ in iter_jsonl(path)]
     if not rows:
         raise LensError(f"{path} has no rows: give a non-empty file")
     return rows

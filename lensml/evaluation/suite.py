@@ -11,16 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
-from lensml import __version__
 from lensml.errors import LensError
+from lensml.provenance import versions
 from lensml.evaluation.judge import JudgeConfig
 from lensml.evaluation.atomic import write_json_atomic, write_jsonl_atomic
 from lensml.evaluation.mtbench import GenerationConfig, run_mtbench
@@ -68,18 +66,6 @@ class EvalConfig:
     def public(self) -> dict:
         """The options as recorded in the result (the key's variable name only, never its value)."""
         return dataclasses.asdict(self)
-
-
-def versions() -> dict:
-    import transformers
-    out = {"lensml": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version()}
-    try:
-        import datasets
-        out["datasets"] = datasets.__version__
-    except ImportError:
-        pass
-    return out
 
 
 def _config(options: dict) -> EvalConfig:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from lensml.data.loaders import iter_jsonl as read_jsonl
 from lensml.errors import LensError
 
 log = logging.getLogger(__name__)
@@ -168,21 +169,6 @@ def data_path(spec: TaskSpec, data_dir: str | None) -> Path | None:
 
 
 # ---------------------------------------------------------------- readers: (row, where)
-
-def read_jsonl(path: Path) -> Iterator[tuple[dict, str]]:
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LensError(f"{where}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise LensError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield row, where
-
 
 def _read_json_array(path: Path) -> Iterator[tuple[dict, str]]:
     text = path.read_text(encoding="utf-8-sig")

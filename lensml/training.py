@@ -42,7 +42,7 @@ class TrainConfig:
     max_length: int = field(default=128, metadata={"help": "token budget per templated prompt; cut from the left"})
     samples: int | None = field(default=None, metadata={"help": "training prompts to use (default: all)"})
     seed: int = field(default=0, metadata={"help": "shuffling seed"})
-    cache_device: str = field(default="auto", metadata={"help": "where cached states live: auto (model device), cpu"})
+    cache_device: str = field(default="auto", metadata={"help": "where cached states live: auto (model device unless over half its free memory), cpu"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the trained block"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message (default: the template's own)"})
     loss: LossConfig = field(default_factory=LossConfig)
@@ -117,6 +117,22 @@ def _languages(languages: list[str], central: str) -> list[str]:
     return [central] + [lang for lang in languages if lang != central]
 
 
+def _cache_device(choice: str, device: torch.device, model, ids: dict[str, list[list[int]]]) -> torch.device:
+    """auto: keep the cache beside the model unless it would take over half of the free GPU memory."""
+    if choice != "auto":
+        return torch.device(choice)
+    if device.type != "cuda":
+        return device
+    width = model.get_input_embeddings().embedding_dim
+    dtype_bytes = next(model.parameters()).element_size()
+    need = sum(len(s) for seqs in ids.values() for s in seqs) * width * dtype_bytes
+    free, _total = torch.cuda.mem_get_info(device)
+    if need > free / 2:
+        log.info("reference cache (%.1f GB) kept on the CPU: %.1f GB free on %s", need / 1e9, free / 1e9, device)
+        return torch.device("cpu")
+    return device
+
+
 def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,
                 cfg: TrainConfig) -> _Cache:
     """One no-grad pass: start-layer inputs and reference states of every prompt and language."""
@@ -128,9 +144,9 @@ def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[s
         if any(not p.get(lang) for p in pairs[:n]):
             raise LensError(f"training data lacks '{lang}' text in some rows: every row needs all of {','.join(langs)}")
     device = input_device(model)
-    cache_device = device if cfg.cache_device == "auto" else torch.device(cfg.cache_device)
     ids = {lang: encode_prompts(tokenizer, [p[lang] for p in pairs[:n]], cfg.max_length, cfg.system_prompt)
            for lang in langs}
+    cache_device = _cache_device(cfg.cache_device, device, model, ids)
     model.eval()
     return _Cache(TopBlock(model, cfg.start_layer), ids, tokenizer.pad_token_id, max(cfg.batch_size, 16), cache_device)
 

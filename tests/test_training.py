@@ -40,3 +40,15 @@ def test_default_lr_by_size():
     assert abs(default_lr(135_000_000) - 5e-4) < 1e-9
     assert abs(default_lr(8_000_000_000) - 1e-5) < 1e-12
     assert 1e-5 < default_lr(1_000_000_000) < 5e-4
+
+
+def test_non_finite_loss_stops_training(tiny_llama, parallel_data):
+    import pytest
+    from lensml.errors import LensError
+
+    model, tok, sub, rows, langs = _setup(tiny_llama, parallel_data)
+    sub.means[-1, 1, 0] = float("nan")  # a broken subspace: delta_zh is NaN
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LensError, match="non-finite at step 1"):
+        train(model, tok, sub, rows, langs, "en", TrainConfig(lr=1e-3))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

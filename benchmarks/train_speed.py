@@ -1,26 +1,28 @@
 """Training speed of lensml against a faithful re-implementation of the LENS authors' training loop.
 
-Why: the paper sells LENS on cost (Table 5), and the authors' code pays for it with two full
-model copies (policy + frozen reference) run in full (LM head and logits included) at every
-micro-batch of one prompt, 8 accumulation steps per optimiser step. lensml runs the frozen
-layers and the reference once (a cache) and then trains only the top block, batched. This
-script times both in one process, on the same model, data, machine and number of optimiser
-steps, so the ratio authors_loop_s / lensml_s is a like-for-like measurement (issue 4).
+Why: the paper sells LENS on cost (Table 5), and the authors' code pays for it with two model copies
+(policy + frozen reference) run in full, LM head and logits included, for every micro-batch of one
+prompt, 8 accumulation steps per optimiser step. lensml runs the frozen layers and the reference once
+(a cache), then trains only the top block, batched. This script times both in one process, on the same
+model, data, machine and number of optimiser steps, so authors_loop_s / lensml_s is like for like.
 
     python benchmarks/train_speed.py --device cpu --json runs/train_speed_cpu.json
     PYTHONPATH=. python benchmarks/train_speed.py --device cuda --shape llama3-8b \
         --tokenizer .bench_tok --json $OUT/train_speed_8b.json
 
---shape llama3-8b builds a Llama-3-8B-shaped model with random bf16 weights on the device (no
-download) with the SmolLM2 tokenizer and synthetic texts cut to exactly 128 (probe) and 256
-(training) tokens. The lensml path runs first, so its host-RSS peak is not inflated by the
-authors' two copies; the authors' loop then restarts from the original top-layer weights.
+--shape llama3-8b builds a Llama-3-8B-shaped model with random bf16 weights on the device (no download),
+with the SmolLM2 tokenizer and synthetic texts cut to exactly 128 (probe) and 256 (training) tokens.
+lensml runs first, so its host-RSS peak is not inflated by the authors' two copies; the authors' loop
+then restarts from the original top-layer weights. On a shared, loaded CPU pass --threads 1: OpenMP
+threads spinning against other processes slow the authors' batch-1 loop far more than lensml's
+batches and inflate the ratio (measured: 7.0x with 2 threads, 2.9x with 1, same machine and hour).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -34,11 +36,10 @@ import traceback
 from pathlib import Path
 
 import torch
+import transformers
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-try:
-    import lensml  # noqa: F401
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed lensml first, else this checkout
 
 from lensml.data.loaders import load_rows, load_texts
 from lensml.losses import LossConfig, lens_loss
@@ -46,6 +47,9 @@ from lensml.models import ModelConfig, decoder_of, load_model, load_tokenizer, r
 from lensml.probing import ProbeConfig, probe
 from lensml.templating import encode_prompts, gather_last, masked_mean, pad
 from lensml.training import TrainConfig, train
+from transformers import get_cosine_schedule_with_warmup
+import lensml.probing  # noqa: E402  (their progress bars are switched off unless --progress)
+import lensml.training  # noqa: E402
 
 OFFICIAL = Path("/work/shared/data/lens-official")
 LANGS, CENTRAL = ["en", "zh"], "en"
@@ -60,7 +64,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model for the real-model mode")
     ap.add_argument("--shape", choices=["llama3-8b"], default=None, help="random-weight model of this shape instead")
-    ap.add_argument("--tokenizer", default=None, help="tokenizer directory for --shape (default: the packaged SmolLM2's)")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer folder for --shape (default: packaged SmolLM2's)")
     ap.add_argument("--probe-data", default=str(OFFICIAL / "probe_aya_en_zh_300.jsonl"))
     ap.add_argument("--train-data", default=str(OFFICIAL / "manipulation_alpaca_safe_200.json"))
     ap.add_argument("--probe-samples", type=int, default=300, help="probe texts per language")
@@ -74,40 +78,37 @@ def parse_args(argv=None):
     ap.add_argument("--no-save", action="store_true", help="skip save_pretrained (end_to_end_s then excludes it)")
     ap.add_argument("--json", default=None, help="write the results here (also after every stage)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", action="store_true", help="show the library's progress bars")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--shape-scale", type=int, default=1, help=argparse.SUPPRESS)  # divide the shape: CPU dry runs
     args = ap.parse_args(argv)
-    big = args.shape is not None
-    args.probe_max_length = args.probe_max_length or (128 if big else 64)
-    args.train_max_length = args.train_max_length or (256 if big else 128)
+    args.probe_max_length = args.probe_max_length or (128 if args.shape else 64)
+    args.train_max_length = args.train_max_length or (256 if args.shape else 128)
     if args.authors_steps is None and not args.device.startswith("cuda"):
         args.authors_steps = 3
     return args
 
 
-def sync(device: torch.device) -> None:
+def now(device: torch.device) -> float:
+    """Wall time after the device has finished its queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def now(device: torch.device) -> float:
-    sync(device)
     return time.perf_counter()
 
 
 def peak_mem_gb(device: torch.device) -> dict:
     mem = {"host_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3)}
     if device.type == "cuda":
-        mem["device_gb"] = round(torch.cuda.max_memory_allocated(device) / 1024 ** 3, 3)
+        mem.update(device_gb=round(torch.cuda.max_memory_allocated(device) / 1024 ** 3, 3),
+                   device_reserved_gb=round(torch.cuda.max_memory_reserved(device) / 1024 ** 3, 3))
     return mem
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo", encoding="utf-8") as f:  # Linux
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
     return f"{cpu} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 
@@ -119,26 +120,18 @@ def length_stats(seqs: list[list[int]]) -> dict:
 class Report(dict):
     """The results; written to --json after every stage so a killed run still leaves them."""
 
-    def __init__(self, path: str | None):
-        super().__init__(errors={})
-        self.path = path
-
     def write(self) -> None:
-        if self.path:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            Path(self.path).write_text(json.dumps(self, indent=1, default=str) + "\n", encoding="utf-8")
+        if self.get("json"):
+            Path(self["json"]).parent.mkdir(parents=True, exist_ok=True)
+            Path(self["json"]).write_text(json.dumps(self, indent=1, default=str) + "\n", encoding="utf-8")
 
-
-# ---------------------------------------------------------------- models and data
 
 def load_real(args, device):
     t = now(device)
     model, tok, name = load_model(ModelConfig(model=args.model, device=str(device)))
     load_s = now(device) - t
-    texts = load_texts(args.probe_data, LANGS)
-    texts = {lang: v[:args.probe_samples] for lang, v in texts.items()}
-    pairs = load_rows(args.train_data, LANGS)[:args.train_samples]
-    return model, tok, name, texts, pairs, load_s
+    texts = {lang: v[:args.probe_samples] for lang, v in load_texts(args.probe_data, LANGS).items()}
+    return model, tok, name, texts, load_rows(args.train_data, LANGS)[:args.train_samples], load_s
 
 
 def synthetic_text(rng: random.Random, tok, lang: str, n_tokens: int) -> str:
@@ -190,6 +183,13 @@ def top_params(model, n_top: int = 2) -> list[torch.nn.Parameter]:
     return [p for layer in list(decoder_of(model).layers)[-n_top:] for p in layer.parameters()]
 
 
+def only_trainable(model, params) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+
+
 def warm_up(model, tok, device) -> None:
     """A few forward passes (decoder and full model) and one backward through the top layers, untimed."""
     ids = torch.randint(3, min(len(tok), 30000), (2, 32), device=device)
@@ -198,29 +198,23 @@ def warm_up(model, tok, device) -> None:
         for _ in range(2):
             decoder_of(model)(input_ids=ids, attention_mask=mask, use_cache=False)
             model(input_ids=ids, attention_mask=mask, use_cache=False)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = top_params(model)
-    for p in params:
-        p.requires_grad_(True)
-    model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True).hidden_states[-1].float().mean().backward()
-    for p in params:
-        p.grad = None
-        p.requires_grad_(False)
-    sync(device)
+    only_trainable(model, top_params(model))
+    out = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+    out.hidden_states[-1].float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    only_trainable(model, [])
+    now(device)
 
 
-# ---------------------------------------------------------------- the two training loops
-
-def lensml_path(model, tok, name, texts, pairs, args, device, rep: Report):
+def lensml_path(model, tok, name, texts, pairs, args, device, rep: Report, keep: dict) -> None:
     t = now(device)
-    sub = probe(model, tok, texts, CENTRAL, ProbeConfig(samples=args.probe_samples, max_length=args.probe_max_length),
-                name, args.probe_data)
+    pcfg = ProbeConfig(samples=args.probe_samples, max_length=args.probe_max_length)
+    keep["sub"] = sub = probe(model, tok, texts, CENTRAL, pcfg, name, args.probe_data)
     rep["probe_s"] = now(device) - t
     print(f"probe: {rep['probe_s']:.2f} s", flush=True)
     rep.write()
     stamps: list[float] = []
-    hook = torch.optim.optimizer.register_optimizer_step_post_hook(lambda *_: stamps.append(now(device)))
+    hook = register_optimizer_step_post_hook(lambda *_: stamps.append(now(device)))
     cfg = TrainConfig(start_layer=-2, max_length=args.train_max_length, seed=args.seed)
     try:
         t = now(device)
@@ -234,32 +228,23 @@ def lensml_path(model, tok, name, texts, pairs, args, device, rep: Report):
                      f"grad_accum {cfg.grad_accum}", "lr": res.lr, "timings_s": res.timings_s,
                      "mean_step_s": res.timings_s.get("steps", 0.0) / max(res.steps, 1), "step_s": step_s,
                      "final_loss": res.history[-1] if res.history else None}
-    rep["steps"] = res.steps
-    rep["trainable_parameters"], rep["total_parameters"] = res.trainable_parameters, res.total_parameters
-    rep["trainable_share"] = res.trainable_parameters / max(res.total_parameters, 1)
+    rep.update(steps=res.steps, trainable_parameters=res.trainable_parameters, total_parameters=res.total_parameters,
+               trainable_share=res.trainable_parameters / max(res.total_parameters, 1))
     print(f"lensml train: {rep['lensml_s']:.2f} s ({res.steps} steps, reference cache "
           f"{res.timings_s.get('reference_cache', 0.0):.2f} s)", flush=True)
-    return sub
+    rep.write()
 
 
-def authors_loop(model, tok, sub, pairs, args, device) -> dict:
+def authors_loop(model, tok, sub, pairs, args, device, rep: Report) -> dict:
     """The authors' design: policy + deep-copied frozen reference, both run in full for every
     prompt (batch 1, 8 accumulation steps), loss on the final post-norm state at the last position."""
     t0 = now(device)
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    policy = model
-    for p in policy.parameters():
-        p.requires_grad_(False)
-    params = top_params(policy)
-    for p in params:
-        p.requires_grad_(True)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    policy, params = model, top_params(model)
+    only_trainable(policy, params)
     ids = {lang: encode_prompts(tok, [row[lang] for row in pairs], args.train_max_length) for lang in LANGS}
-    n = len(pairs)
-    total_steps = math.ceil(n / ACCUM)
+    n, total_steps = len(pairs), math.ceil(len(pairs) / ACCUM)
     run_steps = total_steps if args.authors_steps is None else min(args.authors_steps, total_steps)
-    from transformers import get_cosine_schedule_with_warmup
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(0.05 * total_steps), total_steps)
     loss_cfg = LossConfig()
@@ -276,7 +261,7 @@ def authors_loop(model, tok, sub, pairs, args, device) -> dict:
         return out, {"last": gather_last(h, b.attention_mask), "mean": masked_mean(h, b.attention_mask)}
 
     setup_s = now(device) - t0
-    step_s, losses = [], []
+    step_s, losses = rep.setdefault("authors_step_s_so_far", []), []
     try:
         for s in range(run_steps):
             t = now(device)
@@ -291,62 +276,57 @@ def authors_loop(model, tok, sub, pairs, args, device) -> dict:
                 terms = lens_loss(states, refs, CENTRAL, a, m_s, deltas, loss_cfg)
                 (terms["loss"] / ACCUM).backward()
                 del keep
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)  # HF Trainer / DeepSpeed default max_grad_norm
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(terms["loss"].detach()))
             step_s.append(now(device) - t)
             print(f"  authors step {s + 1}/{run_steps}: {step_s[-1]:.2f} s", flush=True)
+            rep.write()
     finally:
         policy.eval()
-        for p in params:
-            p.requires_grad_(False)
+        only_trainable(policy, [])
         del ref, opt
     timed = sum(step_s)
     return {"steps_total": total_steps, "steps_timed": run_steps, "extrapolated": run_steps < total_steps,
-            "setup_s": setup_s, "timed_steps_s": timed, "mean_step_s": timed / run_steps, "step_s": step_s,
+            "setup_s": setup_s, "timed_steps_s": timed, "mean_step_s": timed / run_steps, "step_s": list(step_s),
+            "median_step_s": sorted(step_s)[len(step_s) // 2],
             "loop_s": setup_s + timed / run_steps * total_steps, "last_loss": losses[-1],
             "batch": f"1 prompt x {len(LANGS)} languages, {ACCUM} accumulation steps, policy + reference in full",
             "lr": 1e-5}
 
 
-# ---------------------------------------------------------------- report
-
 def table(rep: dict) -> str:
     au, le = rep.get("authors", {}), rep.get("lensml", {})
     f = (lambda v: "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)))
-    au_s = f(rep.get("authors_loop_s"))
-    if au.get("extrapolated"):
-        au_s += f" (extrapolated from {au['steps_timed']}/{au['steps_total']} steps)"
-    rows = [("training stage (s)", au_s, f(rep.get("lensml_s"))),
-            ("optimiser steps", f(au.get("steps_total")), f(le.get("steps"))),
-            ("steps timed", f(au.get("steps_timed")), f(le.get("steps"))),
+    extra = f" (extrapolated from {au['steps_timed']}/{au['steps_total']} steps)" if au.get("extrapolated") else ""
+    rows = [("", "authors loop", "lensml"),
+            ("training stage (s)", f(rep.get("authors_loop_s")) + extra, f(rep.get("lensml_s"))),
+            ("optimiser steps (timed)", f"{f(au.get('steps_total'))} ({f(au.get('steps_timed'))})", f(le.get("steps"))),
             ("mean step (s)", f(au.get("mean_step_s")), f(le.get("mean_step_s"))),
             ("setup / reference cache (s)", f(au.get("setup_s")), f(le.get("timings_s", {}).get("reference_cache"))),
             ("peak memory (GB)", f(rep.get("authors_peak_mem_gb")), f(rep.get("peak_mem_gb")))]
-    w = max(len(r[0]) for r in rows) + 2
-    lines = [f"{'':<{w}}{'authors loop':<44}lensml", *(f"{a:<{w}}{b:<44}{c}" for a, b, c in rows)]
-    lines += [f"ratio authors/lensml: {f(rep.get('ratio'))}x", f"probe_s: {f(rep.get('probe_s'))}   "
-              f"probe+train: {f(rep.get('probe_plus_train_s'))}   end_to_end_s (load+probe+train+save): "
-              f"{f(rep.get('end_to_end_s'))}", f"device: {rep.get('device_name')}   model: {rep.get('model')}"]
-    if rep["errors"]:
-        lines.append(f"errors: {list(rep['errors'])}")
-    return "\n".join(lines)
+    lines = [f"{a:<30}{b:<46}{c}" for a, b, c in rows]
+    lines += [f"ratio authors/lensml: {f(rep.get('ratio'))}x   probe_s: {f(rep.get('probe_s'))}   probe+train: "
+              f"{f(rep.get('probe_plus_train_s'))}   end_to_end_s ({rep.get('end_to_end_note', '-')}): "
+              f"{f(rep.get('end_to_end_s'))}", f"device: {rep.get('device_name')}   model: {rep.get('model')}   "
+              f"load average {rep.get('loadavg_start')} -> {rep.get('loadavg_end')}"]
+    return "\n".join(lines + ([f"errors: {list(rep['errors'])}"] if rep["errors"] else []))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but no CUDA device is visible")
-    torch.manual_seed(args.seed)
-    rep = Report(args.json)
-    import transformers
-    rep.update(mode=args.shape or "model", device=str(device), device_name=device_name(device),
+    if not args.progress:
+        for mod in (lensml.probing, lensml.training):
+            mod.tqdm = functools.partial(lambda bar, *a, **k: bar(*a, **{**k, "disable": True}), mod.tqdm)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rep = Report(errors={}, json=args.json)
+    rep.update(mode=args.shape or "model", device=str(device), device_name=device_name(device), argv=sys.argv[1:],
                versions={"torch": torch.__version__, "transformers": transformers.__version__,
-                         "python": platform.python_version()},
-               loadavg_start=os.getloadavg(), languages=LANGS, argv=sys.argv[1:])
+                         "python": platform.python_version()}, loadavg_start=os.getloadavg(), languages=LANGS)
     model, tok, name, texts, pairs, load_s = (build_shape if args.shape else load_real)(args, device)
     dtype = next(model.parameters()).dtype
     probe_ids = {lang: encode_prompts(tok, v, args.probe_max_length) for lang, v in texts.items()}
@@ -358,7 +338,8 @@ def main(argv=None) -> int:
                train_tokens={lang: length_stats(v) for lang, v in train_ids.items()},
                num_layers=len(decoder_of(model).layers), trained_layers=2)
     if args.shape:
-        for what, ids, want in (("probe", probe_ids, args.probe_max_length), ("train", train_ids, args.train_max_length)):
+        for what, ids, want in (("probe", probe_ids, args.probe_max_length),
+                                ("train", train_ids, args.train_max_length)):
             bad = {lang: length_stats(v) for lang, v in ids.items() if {len(s) for s in v} != {want}}
             if bad:
                 rep["errors"][f"{what}_lengths"] = f"not all exactly {want} tokens: {bad}"
@@ -370,10 +351,9 @@ def main(argv=None) -> int:
         rep["model_memory_gb"] = round(torch.cuda.memory_allocated(device) / 1024 ** 3, 3)
     rep.write()
 
-    original = [p.detach().to("cpu", copy=True) for p in top_params(model)]
-    sub = None
+    original, keep = [p.detach().to("cpu", copy=True) for p in top_params(model)], {}
     try:
-        sub = lensml_path(model, tok, name, texts, pairs, args, device, rep)
+        lensml_path(model, tok, name, texts, pairs, args, device, rep, keep)
         rep["probe_plus_train_s"] = rep["probe_s"] + rep["lensml_s"]
         rep["save_s"] = None
         if not args.no_save:
@@ -390,7 +370,7 @@ def main(argv=None) -> int:
     rep["peak_mem_gb"] = peak_mem_gb(device)
     rep.write()
 
-    if not args.skip_authors and sub is not None:
+    if not args.skip_authors and "sub" in keep:
         with torch.no_grad():
             for p, o in zip(top_params(model), original):
                 p.copy_(o.to(p.device))
@@ -398,17 +378,15 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            rep["authors"] = authors_loop(model, tok, sub, pairs, args, device)
-            rep["authors_loop_s"] = rep["authors"]["loop_s"]
-            rep["authors_extrapolated"] = rep["authors"]["extrapolated"]
+            rep["authors"] = authors_loop(model, tok, keep["sub"], pairs, args, device, rep)
+            rep.update(authors_loop_s=rep["authors"]["loop_s"], authors_extrapolated=rep["authors"]["extrapolated"])
             if rep.get("lensml_s"):
                 rep["ratio"] = rep["authors_loop_s"] / rep["lensml_s"]
         except Exception as err:  # an OOM here must not lose the lensml numbers
             rep["errors"]["authors"] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}"
             print(rep["errors"]["authors"], flush=True)
         rep["authors_peak_mem_gb"] = peak_mem_gb(device)
-        rep["authors_peak_mem_note"] = ("host_gb is the process peak (lensml ran first); device_gb is the authors' "
-                                        "loop alone")
+        rep["authors_peak_mem_note"] = "host_gb: process peak (lensml ran first); device_gb: the authors' loop alone"
     rep["loadavg_end"] = os.getloadavg()
     rep.write()
     print(table(rep), flush=True)

@@ -6,7 +6,8 @@ norm. Instead of re-implementing the decoder loop (which would have to rebuild
 attention masks, sliding windows and per-layer-type rotary embeddings), the
 model's own forward runs with the lower layers swapped for pass-through modules
 and a pre-hook on the start layer that substitutes the cached hidden states.
-The embedding lookup still runs (a gather) and is discarded.
+The cached states go in as `inputs_embeds`, so the embedding table is not touched
+(it can even sit on the CPU while training).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class TopBlock:
     def parameters(self) -> list[nn.Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def _call(self, batch: Batch):
-        return self.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+    def _call(self, batch: Batch, inputs_embeds: torch.Tensor | None = None):
+        ids = batch.input_ids if inputs_embeds is None else None
+        return self.decoder(input_ids=ids, inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask,
                             position_ids=batch.position_ids, use_cache=False)
 
     @torch.no_grad()
@@ -99,6 +101,7 @@ class TopBlock:
         handle = self.decoder.layers[self.start].register_forward_pre_hook(substitute, with_kwargs=True)
         try:
             with self._lower_layers_skipped():
-                return self._call(batch).last_hidden_state
+                # Whatever the forward does to inputs_embeds before the start layer is replaced by the pre-hook.
+                return self._call(batch, inputs_embeds=hidden_in).last_hidden_state
         finally:
             handle.remove()

@@ -21,6 +21,7 @@ from lensml.caching import TopBlock
 from lensml.errors import LensError
 from lensml.losses import LossConfig, lens_loss
 from lensml.models import input_device
+from lensml.optim import make_optimizer
 from lensml.subspace import LanguageSubspace
 from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, masked_mean, pad
 
@@ -44,6 +45,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "shuffling seed"})
     cache_device: str = field(default="auto", metadata={"help": "where cached states live: auto (model device unless over half its free memory), cpu"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the trained block"})
+    offload_unused: bool = field(default=True, metadata={"help": "on a GPU, keep the embeddings and LM head on the CPU while training (unused then)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message (default: the template's own)"})
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -117,6 +119,16 @@ def _languages(languages: list[str], central: str) -> list[str]:
     return [central] + [lang for lang in languages if lang != central]
 
 
+def _offload_unused(model, block: TopBlock) -> list[torch.nn.Module]:
+    """Move the embeddings and LM head to the CPU: the cached forward needs neither."""
+    trained = {id(p) for p in block.parameters()}
+    modules = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    modules = [m for m in modules if not any(id(p) in trained for p in m.parameters())]
+    for m in modules:
+        m.to("cpu")
+    return modules
+
+
 def _cache_device(choice: str, device: torch.device, model, ids: dict[str, list[list[int]]]) -> torch.device:
     """auto: keep the cache beside the model unless it would take over half of the free GPU memory."""
     if choice != "auto":
@@ -183,7 +195,7 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     deltas = {lang: subspace.direction(lang, -1).to(device=device, dtype=torch.float32) for lang in langs}
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, lr, cfg.weight_decay, cfg.seed)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -191,6 +203,7 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     micro = max(1, math.ceil(cfg.batch_size / cfg.grad_accum / distributed.world_size()))
 
     t1 = time.perf_counter()
+    offloaded = _offload_unused(model, block) if cfg.offload_unused and device.type == "cuda" else []
     model.train()
     bar = tqdm(total=total_steps, desc="training", leave=False, disable=not distributed.is_main())
     try:
@@ -225,6 +238,8 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
                 log.debug("step %d %s", result.steps, _fmt(logged))
     finally:
         bar.close()
+        for module in offloaded:
+            module.to(device)
         model.eval()
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_disable()

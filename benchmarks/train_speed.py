@@ -78,6 +78,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-save", action="store_true", help="skip save_pretrained (end_to_end_s then excludes it)")
     ap.add_argument("--json", default=None, help="write the results here (also after every stage)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-device", default="auto", help="where lensml keeps its reference cache (auto, cpu)")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the trained block")
     ap.add_argument("--progress", action="store_true", help="show the library's progress bars")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--shape-scale", type=int, default=1, help=argparse.SUPPRESS)  # divide the shape: CPU dry runs
@@ -215,7 +217,8 @@ def lensml_path(model, tok, name, texts, pairs, args, device, rep: Report, keep:
     rep.write()
     stamps: list[float] = []
     hook = register_optimizer_step_post_hook(lambda *_: stamps.append(now(device)))
-    cfg = TrainConfig(start_layer=-2, max_length=args.train_max_length, seed=args.seed)
+    cfg = TrainConfig(start_layer=-2, max_length=args.train_max_length, seed=args.seed, cache_device=args.cache_device,
+                      gradient_checkpointing=args.gradient_checkpointing)
     try:
         t = now(device)
         res = train(model, tok, sub, pairs, LANGS, CENTRAL, cfg)

@@ -30,7 +30,7 @@ class ProbeConfig:
 
     samples: int | None = field(default=None, metadata={"help": "texts per language (default: all the probe data has)"})
     max_length: int = field(default=128, metadata={"help": "token budget per templated text; cut from the left"})
-    batch_size: int = field(default=16, metadata={"help": "texts per forward pass"})
+    batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
     rank: int | None = field(default=None, metadata={"help": "rank r of the specific subspace (default L-1)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message (default: the template's own)"})
 

@@ -45,7 +45,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "shuffling seed"})
     cache_device: str = field(default="auto", metadata={"help": "where cached states live: auto (model device unless over half its free memory), cpu"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the trained block"})
-    offload_unused: bool = field(default=True, metadata={"help": "on a GPU, keep the embeddings and LM head on the CPU while training (unused then)"})
+    offload_unused: bool = field(default=False, metadata={"help": "on a GPU, move the embeddings and LM head to the CPU while training (-2 GB on an 8B model, +1.8 s on an H100)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message (default: the template's own)"})
     loss: LossConfig = field(default_factory=LossConfig)
 

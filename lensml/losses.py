@@ -21,17 +21,17 @@ class LossConfig:
     """Weights and conventions of the LENS objective."""
 
     lambda1: float = field(default=1.0, metadata={"help": "weight of L1, the agnostic alignment term"})
-    lambda3: float = field(default=1.0, metadata={"help": "weight of L3, the central-language retain term"})
+    lambda3: float | None = field(default=None, metadata={"help": "weight of L3, the central-language retain term (default: by model size, see training.size_defaults)"})
     lambdas: dict[str, float] = field(default_factory=dict, metadata={"help": "per-language push lambda_l, e.g. zh=1,ja=0.6 (default 1)"})
     reduction: str = field(default="mean", metadata={"help": "mean: MSE over batch x d (authors); sum: squared norm per sample (paper)"})
-    retain: str = field(default="mean", metadata={"help": "L3 on mean-pooled states (authors), last token (paper Eq. 6), or both"})
+    retain: str | None = field(default=None, metadata={"help": "L3 on mean-pooled states (authors), last token (paper Eq. 6), or both (default: by model size)"})
     normalize_agnostic: bool = field(default=True, metadata={"help": "project on M_a/|M_a| (authors) rather than raw M_a"})
     detach_central: bool = field(default=False, metadata={"help": "stop L1 gradients through the central-language side"})
 
     def __post_init__(self):
         if self.reduction not in ("mean", "sum"):
             raise LensError(f"loss reduction must be mean or sum, got '{self.reduction}'")
-        if self.retain not in ("mean", "last", "both"):
+        if self.retain not in (None, "mean", "last", "both"):
             raise LensError(f"retain must be mean, last or both, got '{self.retain}'")
 
 
@@ -64,7 +64,7 @@ def specific_loss(x_l, x_l_ref, m_s, delta, lam: float, cfg: LossConfig) -> torc
 def retain_loss(x_c_last, x_c_last_ref, x_c_mean, x_c_mean_ref, cfg: LossConfig) -> torch.Tensor:
     """L3 = |x_c - x_c_ref|^2 on the last token, the token mean, or both (summed)."""
     terms = []
-    if cfg.retain in ("mean", "both"):
+    if cfg.retain in (None, "mean", "both"):
         terms.append(_sq(x_c_mean - x_c_mean_ref, cfg.reduction))
     if cfg.retain in ("last", "both"):
         terms.append(_sq(x_c_last - x_c_last_ref, cfg.reduction))
@@ -85,5 +85,5 @@ def lens_loss(states: dict, refs: dict, central: str, a, m_s, deltas: dict, cfg:
         l2 = l2 + specific_loss(st["last"], refs[lang]["last"], m_s, deltas[lang], cfg.lambdas.get(lang, 1.0), cfg)
     c, cr = states[central], refs[central]
     l3 = retain_loss(c["last"], cr["last"], c["mean"], cr["mean"], cfg)
-    total = cfg.lambda1 * l1 + l2 + cfg.lambda3 * l3
+    total = cfg.lambda1 * l1 + l2 + (1.0 if cfg.lambda3 is None else cfg.lambda3) * l3
     return {"loss": total, "agnostic": l1, "specific": l2, "retain": l3}

@@ -174,7 +174,7 @@ def run(cfg: RunConfig) -> dict:
         report["timings_s"] = dict(timer.stages)
         report["train"] = {"steps": result.steps, "lr": result.lr, "final": result.history[-1] if result.history else {}}
         manifest = {
-            "config": to_dict(cfg), "versions": versions(),
+            "config": to_dict(cfg), "train_resolved": result.resolved, "versions": versions(),
             "data": {"probe": subspace.metadata.get("data_sha256"), "probe_source": cfg.probe_data,
                      "train_source": cfg.train_data, "train_rows": len(train_rows)},
             "losses": result.history, "timings_s": {**timer.stages, **{f"train.{k}": v for k, v in result.timings_s.items()}},

@@ -18,7 +18,9 @@ def test_defaults_follow_the_paper_and_authors():
     cfg = RunConfig()
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.weight_decay, cfg.train.warmup_ratio) == (1, 8, 0.1, 0.05)
     assert cfg.train.start_layer == -2 and cfg.central == "en"
-    assert (cfg.train.loss.lambda1, cfg.train.loss.lambda3, cfg.train.loss.reduction) == (1.0, 1.0, "mean")
+    assert (cfg.train.loss.lambda1, cfg.train.loss.reduction, cfg.train.loss.normalize_agnostic) == (1.0, "mean", True)
+    # lr, retain and lambda3 are filled in by model size (lensml.training.size_defaults).
+    assert cfg.train.lr is None and cfg.train.loss.retain is None and cfg.train.loss.lambda3 is None
 
 
 def test_every_option_has_help():

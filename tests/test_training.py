@@ -4,7 +4,7 @@ from lensml.data.loaders import load_rows, load_texts
 from lensml.losses import LossConfig
 from lensml.models import ModelConfig, load_model
 from lensml.probing import ProbeConfig, probe
-from lensml.training import TrainConfig, build_cache, default_lr, evaluate_loss, train
+from lensml.training import TrainConfig, build_cache, default_lr, evaluate_loss, size_defaults, train
 
 
 def _setup(model_dir, data):
@@ -17,7 +17,8 @@ def _setup(model_dir, data):
 def test_training_lowers_loss_and_freezes_the_rest(tiny_llama, parallel_data):
     model, tok, sub, rows, langs = _setup(tiny_llama, parallel_data)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrainConfig(lr=3e-3, epochs=4, batch_size=8, loss=LossConfig(lambdas={"zh": 2.0, "sw": 1.0}))
+    cfg = TrainConfig(lr=3e-3, epochs=4, batch_size=8,
+                      loss=LossConfig(lambdas={"zh": 2.0, "sw": 1.0}, retain="mean", lambda3=1.0))
     cache = build_cache(model, tok, rows, langs, "en", cfg)  # reference states of the original model
     loss_before = evaluate_loss(model, tok, sub, cache, langs, "en", cfg.loss)["loss"]
     result = train(model, tok, sub, rows, langs, "en", cfg, cache=cache)
@@ -36,10 +37,19 @@ def test_training_lowers_loss_and_freezes_the_rest(tiny_llama, parallel_data):
     assert result.trainable_parameters < result.total_parameters
 
 
+def test_size_defaults():
+    small = size_defaults(TrainConfig(), 135_000_000)
+    assert (small.lr, small.loss.retain, small.loss.lambda3) == (1e-3, "both", 10.0)
+    large = size_defaults(TrainConfig(), 8_000_000_000)
+    assert (large.lr, large.loss.retain, large.loss.lambda3) == (1e-5, "mean", 1.0)
+    mine = size_defaults(TrainConfig(lr=2e-4, loss=LossConfig(retain="last", lambda3=3.0)), 135_000_000)
+    assert (mine.lr, mine.loss.retain, mine.loss.lambda3) == (2e-4, "last", 3.0)
+
+
 def test_default_lr_by_size():
-    assert abs(default_lr(135_000_000) - 5e-4) < 1e-9
+    assert abs(default_lr(135_000_000) - 1e-3) < 1e-12
     assert abs(default_lr(8_000_000_000) - 1e-5) < 1e-12
-    assert 1e-5 < default_lr(1_000_000_000) < 5e-4
+    assert 1e-5 < default_lr(1_000_000_000) < 1e-3
 
 
 def test_non_finite_loss_stops_training(tiny_llama, parallel_data):

@@ -1,0 +1,118 @@
+"""Every data source, from small files written here (formats of the real ones, not their text)."""
+
+import json
+
+import pytest
+
+from lensml.data.loaders import embedded_rows, load_rows, load_texts
+from lensml.errors import LensError
+
+LANGS = ("en", "zh", "ja", "ko", "ar", "bn", "sw")
+
+
+def test_embedded_prompts_split_and_scripts():
+    train, held = embedded_rows("train"), embedded_rows("heldout")
+    assert len(train) == 200 and len(held) == 40
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
+    assert all(all(r[lang].strip() for lang in LANGS) for r in train + held)
+    assert len({r["topic"] for r in held}) > 10  # held-out prompts spread over topics
+
+
+def test_parallel_jsonl_and_missing_language(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"en": "Hi", "zh": "你好"}\n\n{"en": "Bye", "zh": "再见"}\n', encoding="utf-8")
+    assert load_rows(str(path), ["en", "zh"]) == [{"en": "Hi", "zh": "你好"}, {"en": "Bye", "zh": "再见"}]
+    assert load_texts(str(path), ["en", "zh"]) == {"en": ["Hi", "Bye"], "zh": ["你好", "再见"]}
+    with pytest.raises(LensError, match="has no 'sw' texts"):
+        load_rows(str(path), ["en", "sw"])
+
+
+def test_bad_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"en": "a"}\n{"en": \n', encoding="utf-8")
+    with pytest.raises(LensError, match=r"bad.jsonl:2: not valid JSON"):
+        load_rows(str(path), ["en"])
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(LensError, match="has no rows"):
+        load_rows(str(tmp_path / "empty.jsonl"), ["en"])
+    with pytest.raises(LensError, match="does not exist"):
+        load_rows(str(tmp_path / "nope.jsonl"), ["en"])
+
+
+def test_lens_manipulation_file(tmp_path):
+    doc = {"Definition": ["d"], "Positive Examples": [], "Negative Examples": [],
+           "Instances": [{"input_en": "Sort these words.", "input_zh": "给这些词排序。", "output": ""},
+                         {"input_en": "Name a colour.", "input_zh": "说出一种颜色。", "output": ""}]}
+    path = tmp_path / "manipulation.json"
+    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    assert load_rows(str(path), ["en", "zh"])[1] == {"en": "Name a colour.", "zh": "说出一种颜色。"}
+    path.write_text('{"Definition": []}', encoding="utf-8")
+    with pytest.raises(LensError, match="'Instances' list"):
+        load_rows(str(path), ["en"])
+
+
+def test_aya_local_copy_filtered_by_language(tmp_path):
+    rows = [{"inputs": "What is rain?", "targets": "...", "language": "English", "language_code": "eng"},
+            {"inputs": "雨是什么？", "targets": "...", "language": "Simplified Chinese", "language_code": "zho"},
+            {"inputs": "Mvua ni nini?", "targets": "...", "language": "Swahili", "language_code": "swh"}]
+    path = tmp_path / "aya.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    texts = load_texts(f"aya:{path}", ["en", "zh", "sw"])
+    assert texts == {"en": ["What is rain?"], "zh": ["雨是什么？"], "sw": ["Mvua ni nini?"]}
+    with pytest.raises(LensError, match="no 'ja' texts"):
+        load_texts(f"aya:{path}", ["en", "ja"])
+
+
+def test_bactrian_local_folder_aligned_by_id(tmp_path):
+    en = [{"id": "a1", "instruction": "Add 2 and 3.", "input": "", "output": "5"},
+          {"id": "a2", "instruction": "Translate", "input": "cat", "output": "..."},
+          {"id": "a3", "instruction": "Only in English.", "input": "", "output": ""}]
+    zh = [{"id": "a2", "instruction": "翻译", "input": "猫", "output": "..."},
+          {"id": "a1", "instruction": "把2和3相加。", "input": "", "output": "5"}]
+    for lang, rows in (("en", en), ("zh", zh)):
+        (tmp_path / f"{lang}.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows),
+                                                encoding="utf-8")
+    rows = load_rows(f"bactrian-x:{tmp_path}", ["en", "zh"])
+    assert rows == [{"en": "Add 2 and 3.", "zh": "把2和3相加。"}, {"en": "Translate\ncat", "zh": "翻译\n猫"}]
+    with pytest.raises(LensError, match="no sw.jsonl"):
+        load_rows(f"bactrian-x:{tmp_path}", ["en", "sw"])
+
+
+def test_hub_ids_need_the_datasets_package_or_network(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(LensError, match="pip install 'lensml\\[hub\\]'"):
+        load_texts("CohereForAI/aya_dataset", ["en", "zh"])
+    with pytest.raises(LensError, match="datasets package"):
+        load_rows("MBZUAI/Bactrian-X", ["en", "zh"])
+
+
+def test_hub_loading_calls(monkeypatch):
+    """The real Hub code path, with a stand-in `datasets` module (no network here)."""
+    import sys
+    import types
+
+    calls = []
+    hub = {
+        ("CohereForAI/aya_dataset", None): [{"inputs": "Hello?", "language_code": "eng"},
+                                            {"inputs": "你好？", "language_code": "zho"}],
+        ("MBZUAI/Bactrian-X", "en"): [{"id": "x", "instruction": "Count to three.", "input": ""}],
+        ("MBZUAI/Bactrian-X", "zh"): [{"id": "x", "instruction": "数到三。", "input": ""}],
+    }
+
+    def load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return hub[(name, config)]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    assert load_texts("CohereForAI/aya_dataset", ["en", "zh"]) == {"en": ["Hello?"], "zh": ["你好？"]}
+    assert load_rows("MBZUAI/Bactrian-X", ["en", "zh"]) == [{"en": "Count to three.", "zh": "数到三。"}]
+    assert calls == [("CohereForAI/aya_dataset", None, "train"), ("MBZUAI/Bactrian-X", "en", "train"),
+                     ("MBZUAI/Bactrian-X", "zh", "train")]

@@ -68,6 +68,14 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def progress(*args, **kwargs):
+    """tqdm on the main process only; elsewhere tqdm's own defaults (TQDM_DISABLE=1 works)."""
+    from tqdm.auto import tqdm
+    if is_distributed() and not is_main():
+        kwargs["disable"] = True
+    return tqdm(*args, **kwargs)
+
+
 def my_share(indices: list[int]) -> list[int]:
     """This process's items of a list of sample indices (by index modulo world size)."""
     w, r = world_size(), rank()

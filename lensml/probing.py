@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from lensml.distributed import progress as tqdm
 
 from lensml import distributed
 from lensml.errors import LensError
@@ -71,8 +71,7 @@ def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: s
     mine = distributed.my_share(list(range(len(ids))))
     total = torch.zeros(len(decoder_of(model).layers), model.get_input_embeddings().embedding_dim,
                         dtype=torch.float64, device=device)
-    for idx in tqdm(length_sorted_batches([len(ids[i]) for i in mine], cfg.batch_size), desc=desc, leave=False,
-                    disable=not distributed.is_main()):
+    for idx in tqdm(length_sorted_batches([len(ids[i]) for i in mine], cfg.batch_size), desc=desc, leave=False):
         batch = pad([ids[mine[i]] for i in idx], tokenizer.pad_token_id, side="left").to(device)
         total += last_token_states(model, batch).to(torch.float64).sum(dim=1)
     return (distributed.all_reduce_sum(total) / len(ids)).cpu()

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from lensml.distributed import progress as tqdm
 
 from lensml import distributed
 from lensml.caching import TopBlock
@@ -108,7 +108,7 @@ class _Cache:
             hidden, last, mean = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
             owned = distributed.my_share(list(range(len(seqs))))
             for group in tqdm(length_sorted_batches([len(seqs[i]) for i in owned], batch_size), desc=f"cache {lang}",
-                              leave=False, disable=not distributed.is_main()):
+                              leave=False):
                 idx = [owned[g] for g in group]
                 batch = pad([seqs[i] for i in idx], pad_id, "left").to(model_device)
                 h_in, final = block.full(batch)
@@ -229,7 +229,7 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     t1 = time.perf_counter()
     offloaded = _offload_unused(model, block) if cfg.offload_unused and device.type == "cuda" else []
     model.train()
-    bar = tqdm(total=total_steps, desc="training", leave=False, disable=not distributed.is_main())
+    bar = tqdm(total=total_steps, desc="training", leave=False)
     try:
         for _epoch in range(cfg.epochs):
             order = torch.randperm(n, generator=gen).tolist()

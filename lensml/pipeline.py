@@ -28,6 +28,7 @@ from lensml.evaluation.quick import answer_prompts, score_answers
 from lensml.langid import LanguageIdentifier
 from lensml.languages import check_languages
 from lensml.models import load_model
+from lensml.plotting import plot_run
 from lensml.probing import probe
 from lensml.subspace import LanguageSubspace
 from lensml.training import train
@@ -184,6 +185,7 @@ def run(cfg: RunConfig) -> dict:
         }
         write_json(tmp / "manifest.json", manifest)
         write_json(tmp / "report.json", report)
+        plot_run(report, result.history, tmp / "report.png")
     return report
 
 

@@ -51,6 +51,7 @@ def test_run_end_to_end(tiny_llama, parallel_data, tmp_path, capsys):
     sub = LanguageSubspace.from_pretrained(out / "subspace")
     assert sub.languages == ["en", "zh", "sw"] and sub.hidden_size == 32
     assert len((out / "answers.jsonl").read_text().splitlines()) == 18
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert _no_leftovers(tmp_path)
     # chat --compare finds the base model in the manifest.
     assert main(["chat", str(out / "model"), "--compare", "--prompt", "Why do cats purr?", "--max-new-tokens", "4"]) == 0

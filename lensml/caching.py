@@ -36,14 +36,18 @@ class _PassThrough(nn.Module):
 class TopBlock:
     """The decoder layers from `start` to the top, runnable on cached inputs."""
 
-    def __init__(self, model, start: int):
+    def __init__(self, model, start: int, as_tuple: bool | None = None):
         self.model = model
         self.decoder = decoder_of(model)
         n = len(self.decoder.layers)
         self.start = start + n if start < 0 else start
         if not 0 <= self.start < n:
             raise LensError(f"start layer {start} is outside the model's {n} decoder layers: use 0..{n - 1} or -1..-{n}")
-        self._as_tuple: bool | None = None
+        self._as_tuple = as_tuple  # do the layers return tuples? learnt in full() or given by a cache
+
+    @property
+    def as_tuple(self) -> bool | None:
+        return self._as_tuple
 
     @property
     def layers(self) -> list[nn.Module]:

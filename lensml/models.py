@@ -174,7 +174,11 @@ def load_model(cfg: ModelConfig):
 
 def input_device(model) -> torch.device:
     """Where inputs go: the embedding's device (the first device under a device_map)."""
-    return model.get_input_embeddings().weight.device
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if get is not None else None
+    if embeddings is not None:
+        return embeddings.weight.device
+    return next(model.parameters()).device
 
 
 def decoder_of(model):

@@ -117,7 +117,7 @@ class _Cache:
                     hidden[i] = h_in[row, -len(seqs[i]):].to(device, copy=True)
                     last[i], mean[i] = last_b[row].float().to(device), mean_b[row].float().to(device)
             self.hidden[lang], self.last[lang], self.mean[lang] = hidden, last, mean
-        self.as_tuple = block._as_tuple
+        self.as_tuple = block.as_tuple
         self.start = block.start
 
     def batch(self, lang: str, idx: list[int], pad_id: int, width: int, device):
@@ -195,14 +195,13 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
 
     langs = _languages(languages, central)
     device = input_device(model)
-    block = TopBlock(model, cfg.start_layer)
     t0 = time.perf_counter()
     if cache is None:
         cache = build_cache(model, tokenizer, pairs, languages, central, cfg)
+    block = TopBlock(model, cfg.start_layer, as_tuple=cache.as_tuple)
     if cache.start != block.start:
         raise LensError(f"reference cache was built for start layer {cache.start}, training starts at {block.start}")
     n = len(cache.ids[central])
-    block._as_tuple = cache.as_tuple
     for p in model.parameters():
         p.requires_grad_(False)
     params = block.parameters()
@@ -280,8 +279,7 @@ def evaluate_loss(model, tokenizer, subspace: LanguageSubspace, cache: _Cache, l
     langs = _languages(languages, central)
     device = input_device(model)
     loss_cfg = size_defaults(TrainConfig(loss=loss_cfg), sum(p.numel() for p in model.parameters())).loss
-    block = TopBlock(model, cache.start)
-    block._as_tuple = cache.as_tuple
+    block = TopBlock(model, cache.start, as_tuple=cache.as_tuple)
     a, m_s = (t.to(device=device, dtype=torch.float32) for t in subspace.projectors(-1, loss_cfg.normalize_agnostic))
     deltas = {lang: subspace.direction(lang, -1).to(device=device, dtype=torch.float32) for lang in langs}
     n = len(cache.ids[central])

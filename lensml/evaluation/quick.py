@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lensml.evaluation.degeneration import degeneration
-from lensml.evaluation.generation import answer_nll, generate_answers
+from lensml.evaluation.generation import generate_answers
 from lensml.langid import LanguageIdentifier
 
 
@@ -46,7 +46,3 @@ def score_answers(prompts: dict[str, list[str]], answers: dict[str, list[str]], 
         }
     return out
 
-
-def english_nll(model, tokenizer, prompts: list[str], answers: list[str]) -> float:
-    """Mean per-token NLL of the base model's own English answers under `model`."""
-    return answer_nll(model, tokenizer, prompts, answers)

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lensml.errors import LensError
+from lensml.models import input_device
 from lensml.evaluation.tasks import MCItem
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 
@@ -153,10 +154,6 @@ def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, po
     return logits[:, -keep:].float()
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def loglik_scores(model, tokenizer, pairs: list[tuple[str, str]], cfg: ScoringConfig,
                   desc: str = "loglik") -> list[float]:
@@ -169,7 +166,7 @@ def loglik_scores(model, tokenizer, pairs: list[tuple[str, str]], cfg: ScoringCo
         seq = (ctx + cont)[-(cfg.max_length + 1):]
         seqs.append(seq)
         cont_lens.append(len(cont))
-    device = _device(model)
+    device = input_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = [0.0] * len(seqs)
     for idx in tqdm(length_sorted_batches([len(s) for s in seqs], cfg.batch_size), desc=desc, leave=False):
@@ -220,7 +217,7 @@ def score_letter(model, tokenizer, items: list[MCItem], cfg: ScoringConfig, desc
     prompts = [letter_prompt(item) for item in items]
     ids = [tokenize_rendered(tokenizer, render(tokenizer, text), cfg.max_length) for text, _ in prompts]
     letter_ids = {n: letter_token_ids(tokenizer, n) for n in {n for _, n in prompts}}
-    device = _device(model)
+    device = input_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[ItemResult | None] = [None] * len(items)
     for idx in tqdm(length_sorted_batches([len(s) for s in ids], cfg.batch_size), desc=desc, leave=False):

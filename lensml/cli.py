@@ -47,11 +47,11 @@ def _fmt_pct(x) -> str:
 def format_report(report: dict) -> str:
     """The before/after table of a run."""
     lines = [f"model: {report['model']}   central: {report['central']}",
-             "| lang | fidelity base | fidelity enhanced | clean base | clean enhanced | echo+loop base | echo+loop enhanced |",
+             "| lang | fidelity base | fidelity enhanced | clean base | clean enhanced | echo/loop/empty base | echo/loop/empty enhanced |",
              "|---|---|---|---|---|---|---|"]
     if "fidelity" in report:
         for lang in report["languages"]:
-            deg = {s: report["echo"][s][lang] + report["loop"][s][lang] for s in ("base", "enhanced")}
+            deg = {s: report["degenerate"][s][lang] for s in ("base", "enhanced")}
             lines.append(f"| {lang} | {_fmt_pct(report['fidelity']['base'][lang])} | {_fmt_pct(report['fidelity']['enhanced'][lang])} "
                          f"| {_fmt_pct(report['clean_fidelity']['base'][lang])} | {_fmt_pct(report['clean_fidelity']['enhanced'][lang])} "
                          f"| {_fmt_pct(deg['base'])} | {_fmt_pct(deg['enhanced'])} |")

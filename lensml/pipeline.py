@@ -162,7 +162,7 @@ def run(cfg: RunConfig) -> dict:
                 scores = {"base": score_answers(prompts, base_answers, ident),
                           "enhanced": score_answers(prompts, enh_answers, ident)}
             _write_answers(tmp / "answers.jsonl", prompts, base_answers, enh_answers, scores)
-            for key in ("fidelity", "clean_fidelity", "echo", "loop", "empty"):
+            for key in ("fidelity", "clean_fidelity", "echo", "loop", "empty", "degenerate"):
                 report[key] = {side: {lang: s[lang][key] for lang in langs} for side, s in scores.items()}
             report["english_retention"] = {"base_nll": base_nll, "enhanced_nll": enh_nll,
                                            "relative_change": (enh_nll - base_nll) / base_nll}

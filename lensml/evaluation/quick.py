@@ -41,6 +41,7 @@ def score_answers(prompts: dict[str, list[str]], answers: dict[str, list[str]], 
             "echo": sum(flags["echo"]) / n,
             "loop": sum(flags["loop"]) / n,
             "empty": sum(flags["empty"]) / n,
+            "degenerate": sum(flags["degenerate"]) / n,
             "clean_fidelity": sum(r and not g for r, g in zip(right, flags["degenerate"])) / n,
             "detected": detected,
         }

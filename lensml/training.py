@@ -185,6 +185,13 @@ def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[s
     return _Cache(TopBlock(model, cfg.start_layer), ids, tokenizer.pad_token_id, max(cfg.batch_size, 16), cache_device)
 
 
+def _loss_targets(subspace: LanguageSubspace, langs: list[str], loss_cfg: LossConfig, device):
+    """Final-layer projectors (a, M_s) and directions delta_l, in float32 on the model's device."""
+    a, m_s = (t.to(device=device, dtype=torch.float32) for t in subspace.projectors(-1, loss_cfg.normalize_agnostic))
+    deltas = {lang: subspace.direction(lang, -1).to(device=device, dtype=torch.float32) for lang in langs}
+    return a, m_s, deltas
+
+
 def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, str]], languages: list[str],
           central: str, cfg: TrainConfig, cache: _Cache | None = None) -> TrainResult:
     """Train the top block in place on parallel prompts; returns losses and timings.
@@ -214,8 +221,7 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
                          resolved=dataclasses.asdict(cfg))
     result.timings_s["reference_cache"] = time.perf_counter() - t0
 
-    a, m_s = (t.to(device=device, dtype=torch.float32) for t in subspace.projectors(-1, cfg.loss.normalize_agnostic))
-    deltas = {lang: subspace.direction(lang, -1).to(device=device, dtype=torch.float32) for lang in langs}
+    a, m_s, deltas = _loss_targets(subspace, langs, cfg.loss, device)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     opt = make_optimizer(params, lr, cfg.weight_decay, cfg.seed)
@@ -280,8 +286,7 @@ def evaluate_loss(model, tokenizer, subspace: LanguageSubspace, cache: _Cache, l
     device = input_device(model)
     loss_cfg = size_defaults(TrainConfig(loss=loss_cfg), sum(p.numel() for p in model.parameters())).loss
     block = TopBlock(model, cache.start, as_tuple=cache.as_tuple)
-    a, m_s = (t.to(device=device, dtype=torch.float32) for t in subspace.projectors(-1, loss_cfg.normalize_agnostic))
-    deltas = {lang: subspace.direction(lang, -1).to(device=device, dtype=torch.float32) for lang in langs}
+    a, m_s, deltas = _loss_targets(subspace, langs, loss_cfg, device)
     n = len(cache.ids[central])
     totals: dict[str, float] = {}
     for s in range(0, n, batch_size):

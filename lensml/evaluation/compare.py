@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from lensml.errors import LensError
-from lensml.evaluation.atomic import write_text_atomic
+from lensml.io import write_text_atomic
 
 NAMES = {"xcopa": "XCOPA", "xwinograd": "XWinograd", "xstorycloze": "XStoryCloze", "m_mmlu": "M-MMLU",
          "mtbench": "MT-Bench"}

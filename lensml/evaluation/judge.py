@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lensml.errors import LensError
-from lensml.evaluation.atomic import write_json_atomic
+from lensml.io import write_json_atomic
 from lensml.evaluation.tasks import read_jsonl
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from lensml.errors import LensError
-from lensml.evaluation.atomic import write_jsonl_atomic
+from lensml.evaluation.metrics import share, stderr_of_mean
+from lensml.io import write_jsonl_atomic
 from lensml.evaluation.degeneration import degeneration, distinct_n
 from lensml.evaluation.generation import generate_answers
 from lensml.evaluation.judge import JudgeClient, JudgeConfig, find_judge_prompts, judge_messages, load_judge_prompts
@@ -92,14 +93,6 @@ def answer_questions(model, tokenizer, questions: list[Question], cfg: Generatio
     return [[x, y] for x, y in zip(a1, a2)]
 
 
-def _share(flags: list[bool]) -> float:
-    return sum(flags) / len(flags) if flags else 0.0
-
-
-def _stderr(p: float, n: int) -> float | None:
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
-
-
 def fidelity_summary(lang: str, questions: list[Question], answers: list[list[str]],
                      identify: Callable[[str], str], suffix: str = "") -> tuple[dict, dict]:
     """Fidelity metrics over all answers, and per-answer details (detected language, flags)."""
@@ -110,12 +103,12 @@ def fidelity_summary(lang: str, questions: list[Question], answers: list[list[st
     right = [d == lang for d in detected]
     clean = [r and not g for r, g in zip(right, flags["degenerate"])]
     n = len(flat)
-    summary = {f"fidelity{suffix}": _share(right), f"fidelity{suffix}_stderr": _stderr(_share(right), n),
-               f"clean_fidelity{suffix}": _share(clean),
-               f"fidelity{suffix}_turn1": _share(right[0::2]), f"fidelity{suffix}_turn2": _share(right[1::2])}
+    summary = {f"fidelity{suffix}": share(right), f"fidelity{suffix}_stderr": stderr_of_mean(share(right), n),
+               f"clean_fidelity{suffix}": share(clean),
+               f"fidelity{suffix}_turn1": share(right[0::2]), f"fidelity{suffix}_turn2": share(right[1::2])}
     if not suffix:
-        summary.update(echo=_share(flags["echo"]), loop=_share(flags["loop"]), empty=_share(flags["empty"]),
-                       degenerate=_share(flags["degenerate"]), distinct_1=distinct_n(flat, 1), distinct_2=distinct_n(flat, 2))
+        summary.update(echo=share(flags["echo"]), loop=share(flags["loop"]), empty=share(flags["empty"]),
+                       degenerate=share(flags["degenerate"]), distinct_1=distinct_n(flat, 1), distinct_2=distinct_n(flat, 2))
     details = {f"langid{suffix}": detected}
     if not suffix:
         details.update({k: flags[k] for k in ("echo", "loop", "empty")})

@@ -20,7 +20,6 @@ built (`logits_to_keep`) where the model supports it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from lensml.errors import LensError
 from lensml.models import input_device
+from lensml.evaluation.metrics import stderr_of_mean
 from lensml.evaluation.tasks import MCItem
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 
@@ -240,11 +240,6 @@ def score_items(model, tokenizer, items: list[MCItem], cfg: ScoringConfig, desc:
 def _argmax(values: list[float]) -> int:
     """First index of the maximum (ties go to the earlier choice, as numpy.argmax)."""
     return max(range(len(values)), key=lambda i: (values[i], -i))
-
-
-def stderr_of_mean(p: float, n: int) -> float | None:
-    """Standard error of an accuracy: sqrt(p(1-p)/(n-1)), lm-eval's sample-stddev/sqrt(n)."""
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
 
 
 def accuracy(results: list[ItemResult]) -> dict[str, dict[str, float | None]]:

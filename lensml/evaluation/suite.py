@@ -20,7 +20,7 @@ from pathlib import Path
 from lensml.errors import LensError
 from lensml.provenance import versions
 from lensml.evaluation.judge import JudgeConfig
-from lensml.evaluation.atomic import write_json_atomic, write_jsonl_atomic
+from lensml.io import write_json_atomic, write_jsonl_atomic
 from lensml.evaluation.mtbench import GenerationConfig, run_mtbench
 from lensml.evaluation.scoring import ScoringConfig, accuracy, score_items
 from lensml.evaluation.tasks import TaskSpec, load_items, parse_tasks

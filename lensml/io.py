@@ -1,0 +1,114 @@
+"""Writing outputs so that nothing half-written is ever seen: the one home of atomic writes.
+
+Files go to a temporary name in the target folder and are renamed when complete;
+folders are built in a temporary sibling and swapped in. Both follow the user's
+umask (tempfile creates 0600 files and 0700 folders). JSON never holds a bare
+NaN or Infinity (invalid JSON): such numbers are written as null.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from lensml.errors import LensError
+
+TMP_MARK = ".tmp-"  # temporary siblings are named .NAME.tmp-XXXX (see staged_dir)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_default(path: Path, directory: bool) -> None:
+    """Give a path made by tempfile the permissions a plain open()/mkdir() would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def finite(obj):
+    """obj with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj, indent: int | None = 2) -> str:
+    """JSON text; non-finite floats become null, other objects their str()."""
+    return json.dumps(finite(obj), indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        _chmod_default(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    write_text_atomic(path, dumps(obj) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
+    write_text_atomic(path, "".join(dumps(row, indent=None) + "\n" for row in rows))
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one row and flush it (a log that grows while a job runs, e.g. per-step losses)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(dumps(row, indent=None) + "\n")
+        f.flush()
+
+
+def check_free(out: Path, overwrite: bool) -> None:
+    """An output path may be written: absent, or --overwrite given and it is a folder we can replace."""
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise LensError(f"output {out} already exists: pass --overwrite or choose another --out")
+        if not out.is_dir():
+            raise LensError(f"output {out} is a file, not a folder: remove it or choose another --out")
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces `out` only if the block succeeds.
+
+    The old `out` (with --overwrite) is moved aside first and deleted only after the
+    new one is in place, so a failure at any point leaves either the old or the new
+    folder, never a mix and never neither.
+    """
+    out = Path(out)
+    check_free(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TMP_MARK}"))
+    _chmod_default(tmp, directory=True)
+    try:
+        yield tmp
+        check_free(out, overwrite)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TMP_MARK}old-"))
+            os.replace(out, trash / "old")
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

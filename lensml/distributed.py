@@ -42,11 +42,6 @@ def device() -> torch.device:
     return _state().device
 
 
-def barrier() -> None:
-    if is_distributed():
-        _state().wait_for_everyone()
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over processes (in place where possible) and return it."""
     if not is_distributed():
@@ -66,14 +61,6 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
-
-
-def progress(*args, **kwargs):
-    """tqdm on the main process only; elsewhere tqdm's own defaults (TQDM_DISABLE=1 works)."""
-    from tqdm.auto import tqdm
-    if is_distributed() and not is_main():
-        kwargs["disable"] = True
-    return tqdm(*args, **kwargs)
 
 
 def my_share(indices: list[int]) -> list[int]:

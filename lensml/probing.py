@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from lensml.distributed import progress as tqdm
+from lensml.progress import progress as tqdm
 
 from lensml import distributed
 from lensml.errors import LensError

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from lensml.distributed import progress as tqdm
+from lensml.progress import progress as tqdm
 
 from lensml import distributed
 from lensml.caching import TopBlock

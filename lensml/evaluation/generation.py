@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from lensml.progress import progress as tqdm
 
 from lensml.models import input_device
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered

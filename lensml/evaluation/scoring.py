@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from lensml.progress import progress as tqdm
 
 from lensml.errors import LensError
 from lensml.models import input_device

@@ -1,6 +1,40 @@
-"""lensml: multilingual enhancement of LLMs via language subspaces (LENS)."""
+"""lensml: multilingual enhancement of LLMs via language subspaces (LENS).
+
+    from lensml import load_model, probe, train, RunConfig, run
+    model, tok, name = load_model(ModelConfig(model="smollm2-135m-instruct"))
+
+The names below are imported on first use, so `import lensml` stays cheap (no torch
+or transformers until a function needs them).
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from lensml.errors import LensError
 
 __version__ = "0.1.0"
-__all__ = ["LensError", "__version__"]
+
+_EXPORTS = {
+    "load_model": "lensml.models", "ModelConfig": "lensml.models",
+    "probe": "lensml.probing", "ProbeConfig": "lensml.probing",
+    "LanguageSubspace": "lensml.subspace",
+    "train": "lensml.methods.lens", "TrainConfig": "lensml.training", "LossConfig": "lensml.losses",
+    "run": "lensml.recipes", "RunConfig": "lensml.config", "load_config": "lensml.config",
+    "RunReport": "lensml.report",
+    "load_rows": "lensml.data.loaders", "load_texts": "lensml.data.loaders",
+}
+
+__all__ = ["LensError", "__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lensml' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(__all__)

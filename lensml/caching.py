@@ -12,14 +12,19 @@ The cached states go in as `inputs_embeds`, so the embedding table is not touche
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from lensml import distributed
 from lensml.errors import LensError
-from lensml.models import decoder_of
-from lensml.templating import Batch
+from lensml.models import decoder_of, input_device
+from lensml.progress import progress
+from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, masked_mean, pad
+
+log = logging.getLogger(__name__)
 
 
 class _PassThrough(nn.Module):
@@ -109,3 +114,94 @@ class TopBlock:
                 return self._call(batch, inputs_embeds=hidden_in).last_hidden_state
         finally:
             handle.remove()
+
+
+def _languages(languages: list[str], central: str) -> list[str]:
+    return [central] + [lang for lang in languages if lang != central]
+
+
+class ReferenceCache:
+    """Per-prompt start-layer inputs and reference final states, for every language.
+
+    Built in one no-grad pass of the original model; the reference model is then never
+    needed again. Under data parallelism a process caches only the prompts it owns
+    (distributed.my_share).
+    """
+
+    def __init__(self, block: TopBlock, ids: dict[str, list[list[int]]], pad_id: int, batch_size: int, device):
+        self.ids, self.hidden, self.last, self.mean = ids, {}, {}, {}
+        self.pad_id = pad_id
+        model_device = input_device(block.model)
+        for lang, seqs in ids.items():
+            hidden, last, mean = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
+            owned = distributed.my_share(list(range(len(seqs))))
+            for group in progress(length_sorted_batches([len(seqs[i]) for i in owned], batch_size),
+                                  desc=f"cache {lang}", leave=False):
+                idx = [owned[g] for g in group]
+                batch = pad([seqs[i] for i in idx], pad_id, "left").to(model_device)
+                h_in, final = block.full(batch)
+                last_b, mean_b = gather_last(final, batch.attention_mask), masked_mean(final, batch.attention_mask)
+                for row, i in enumerate(idx):
+                    hidden[i] = h_in[row, -len(seqs[i]):].to(device, copy=True)
+                    last[i], mean[i] = last_b[row].float().to(device), mean_b[row].float().to(device)
+            self.hidden[lang], self.last[lang], self.mean[lang] = hidden, last, mean
+        self.as_tuple = block.as_tuple
+        self.start = block.start
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.ids)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.ids.values())))
+
+    def batch(self, lang: str, idx: list[int], width: int, device):
+        """Left-padded ids, cached inputs and reference states for prompts idx, padded to width tokens."""
+        seqs = [self.ids[lang][i] for i in idx]
+        b = pad(seqs, self.pad_id, "left", width)
+        first = self.hidden[lang][idx[0]]
+        h = first.new_zeros((len(seqs), width, first.shape[-1]))
+        for row, i in enumerate(idx):
+            h[row, width - len(seqs[row]):] = self.hidden[lang][i]
+        refs = {"last": torch.stack([self.last[lang][i] for i in idx]).to(device),
+                "mean": torch.stack([self.mean[lang][i] for i in idx]).to(device)}
+        return b.to(device), h.to(device), refs
+
+
+def _cache_device(choice: str, device: torch.device, model, ids: dict[str, list[list[int]]]) -> torch.device:
+    """auto: keep the cache beside the model unless it would take over half of the free GPU memory."""
+    if choice != "auto":
+        return torch.device(choice)
+    if device.type != "cuda":
+        return device
+    width = model.get_input_embeddings().embedding_dim
+    dtype_bytes = next(model.parameters()).element_size()
+    need = sum(len(s) for seqs in ids.values() for s in seqs) * width * dtype_bytes
+    free, _total = torch.cuda.mem_get_info(device)
+    if need > free / 2:
+        log.info("reference cache (%.1f GB) kept on the CPU: %.1f GB free on %s",
+                                         need / 1e9, free / 1e9, device)
+        return torch.device("cpu")
+    return device
+
+
+def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,
+                cfg) -> ReferenceCache:
+    """One no-grad pass: start-layer inputs and reference states of every prompt and language.
+
+    cfg is a TrainConfig (start_layer, max_length, samples, system_prompt, batch_size, cache_device).
+    """
+    langs = _languages(languages, central)
+    n = cfg.samples if cfg.samples is not None else len(pairs)
+    if len(pairs) < n or n < 1:
+        raise LensError(f"training data has {len(pairs)} prompts, {n} asked: lower --train-samples or add data")
+    for lang in langs:
+        if any(not p.get(lang) for p in pairs[:n]):
+            raise LensError(f"training data lacks '{lang}' text in some rows: every row needs all of {','.join(langs)}")
+    device = input_device(model)
+    ids = {lang: encode_prompts(tokenizer, [p[lang] for p in pairs[:n]], cfg.max_length, cfg.system_prompt)
+           for lang in langs}
+    cache_device = _cache_device(cfg.cache_device, device, model, ids)
+    model.eval()
+    return ReferenceCache(TopBlock(model, cfg.start_layer), ids, tokenizer.pad_token_id, max(cfg.batch_size, 16),
+                          cache_device)

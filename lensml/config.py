@@ -1,13 +1,16 @@
-"""Run configuration: nested dataclasses, YAML files, dotted command-line overrides.
+"""Run configuration: one tree of dataclasses, YAML files, dotted command-line overrides.
 
 torchtune style: a YAML file sets any subset of the fields, and `--section.field value`
 on the command line overrides it; every field has a default and help text (the
-`help` metadata), which is what `lens run --help` lists.
+`help` metadata), which is what `lens run --help` lists, grouped by section. Each
+dataclass checks its own values in __post_init__, so a bad number is refused when the
+config is built, before any data or model is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ import yaml
 
 from lensml.errors import LensError
 from lensml.evaluation.quick import QuickEvalConfig
+from lensml.evaluation.suite import EvalConfig
 from lensml.models import ModelConfig
 from lensml.probing import ProbeConfig
 from lensml.training import TrainConfig
@@ -24,32 +28,65 @@ from lensml.training import TrainConfig
 
 @dataclass
 class RunConfig:
-    """Everything `lens run` does: probe, train, save, evaluate."""
+    """Everything `lens run` does: probe, evaluate, train, save, evaluate again, report."""
 
+    method: str = field(default="lens", metadata={"help": "training method (lensml.methods registry)", "section": "train"})
     model: ModelConfig = field(default_factory=ModelConfig)
-    langs: list[str] = field(default_factory=lambda: ["zh"], metadata={"help": "target languages, comma-separated"})
-    central: str = field(default="en", metadata={"help": "the central language whose knowledge is inherited"})
-    probe_data: str = field(default="embedded", metadata={"help": "probe texts: embedded, a .jsonl/.json path, CohereForAI/aya_dataset, aya:PATH"})
-    train_data: str = field(default="embedded", metadata={"help": "parallel prompts: embedded, a .jsonl/.json path, MBZUAI/Bactrian-X, bactrian-x:DIR"})
-    out: str = field(default="runs/default", metadata={"help": "output directory"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing output directory"})
-    eval_tasks: str | None = field(default=None, metadata={"help": "extra evaluation tasks after training, e.g. xcopa:zh,mtbench:zh"})
+    langs: list[str] = field(default_factory=lambda: ["zh"], metadata={"help": "target languages, comma-separated", "section": "data"})
+    central: str = field(default="en", metadata={"help": "the central language whose knowledge is inherited", "section": "data"})
+    probe_data: str = field(default="embedded", metadata={"help": "probe texts: embedded, a .jsonl/.json path, a Hub dataset (see README)", "section": "data"})
+    train_data: str = field(default="embedded", metadata={"help": "parallel prompts: embedded, a .jsonl/.json path, a Hub dataset (see README)", "section": "data"})
+    out: str = field(default="runs/default", metadata={"help": "output folder", "section": "output"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder (only once the new one is complete)", "section": "output"})
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: QuickEvalConfig = field(default_factory=QuickEvalConfig)
+    benchmarks: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self):
+        from lensml import methods
+        from lensml.languages import check_languages
 
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
+        methods.get(self.method)  # unknown names fail here, listing the known ones
+        check_languages(self.langs, self.central)
+        stray = sorted(set(self.train.loss.lambdas) - set(self.langs))
+        if stray:
+            raise LensError(f"--lambda sets {','.join(stray)}, which is not trained (--langs {','.join(self.langs)}): "
+                            f"drop it or add it to --langs")
+
+    @property
+    def languages(self) -> list[str]:
+        """Central first, then the targets: the order of every per-language table."""
+        return [self.central] + [lang for lang in self.langs if lang != self.central]
 
 
 def _base_type(tp):
     """Strip Optional: `int | None` -> int."""
-    args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        return non_none[0]
+        return [a for a in typing.get_args(tp) if a is not type(None)][0]
     return tp
+
+
+def _number(value, tp, name: str):
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if tp is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise LensError(f"option {name} must be a whole number, got {value}")
+            return int(value)
+        text = str(value).strip()
+        try:
+            return int(text)
+        except ValueError:
+            as_float = float(text)  # '1.7' or '2.0'
+            if not as_float.is_integer():
+                raise LensError(f"option {name} must be a whole number, got {text}") from None
+            return int(as_float)
+    result = float(value)
+    if math.isnan(result):
+        raise LensError(f"option {name} cannot be NaN")
+    return result
 
 
 def coerce(value, tp, name: str):
@@ -75,11 +112,15 @@ def coerce(value, tp, name: str):
             return [coerce(v.strip() if isinstance(v, str) else v, typing.get_args(tp)[0], name) for v in items]
         if origin is dict:
             if isinstance(value, dict):
-                return {str(k): float(v) for k, v in value.items()}
+                return {str(k): _number(v, float, f"{name}.{k}") for k, v in value.items()}
             pairs = [p.split("=", 1) for p in str(value).split(",") if p.strip()]
             if any(len(p) != 2 for p in pairs):
                 raise ValueError(value)
-            return {k.strip(): float(v) for k, v in pairs}
+            return {k.strip(): _number(v, float, f"{name}.{k.strip()}") for k, v in pairs}
+        if tp in (int, float):
+            return _number(value, tp, name)
+        if isinstance(value, (dict, list)):
+            raise ValueError(value)
         return tp(value)
     except (TypeError, ValueError) as err:
         raise LensError(f"option {name}: cannot read '{value}' as {getattr(tp, '__name__', tp)}") from err
@@ -90,10 +131,10 @@ def set_path(cfg, dotted: str, value) -> None:
     *parents, leaf = dotted.split(".")
     obj = cfg
     for p in parents:
-        if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+        if not dataclasses.is_dataclass(getattr(obj, p, None)):
             raise LensError(f"unknown option '{dotted}': see lens run --help")
         obj = getattr(obj, p)
-    hints = _hints(type(obj))
+    hints = typing.get_type_hints(type(obj))
     if leaf not in hints or dataclasses.is_dataclass(getattr(obj, leaf, None)):
         raise LensError(f"unknown option '{dotted}': see lens run --help")
     setattr(obj, leaf, coerce(value, hints[leaf], dotted))
@@ -110,45 +151,70 @@ def _flatten(doc: dict, prefix: str = "") -> dict:
     return flat
 
 
+def read_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise LensError(f"config file {p} does not exist: check --config")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise LensError(f"config file {p} is not UTF-8 text: re-save it as UTF-8") from err
+    except yaml.YAMLError as err:
+        raise LensError(f"config file {p} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise LensError(f"config file {p} must be a mapping of options (e.g. 'langs: [zh]'), not a {type(doc).__name__}")
+    return doc
+
+
+def _construct(cls, values: dict):
+    """Build cls and its nested configs from already coerced values, running every __post_init__ once."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[f.name] = _construct(type(default), values.get(f.name, {}))
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
 def load_config(path: str | None, overrides: dict[str, object], cls=RunConfig):
-    """Defaults, then the YAML file, then command-line overrides."""
-    cfg = cls()
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise LensError(f"config file {p} does not exist: check --config")
-        try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise LensError(f"config file {p} is not valid YAML: {str(err).splitlines()[0]}") from err
-        for k, v in _flatten(doc).items():
-            set_path(cfg, k, v)
-    for k, v in overrides.items():
-        set_path(cfg, k, v)
-    validate(cfg)
-    return cfg
+    """Defaults, then the YAML file, then command-line overrides; validated as a whole."""
+    flat = _flatten(read_yaml(path)) if path else {}
+    flat.update(overrides)
+    scratch = _unvalidated(cls)
+    for k, v in flat.items():
+        set_path(scratch, k, v)
+    return _construct(cls, _values(scratch))
 
 
-def validate(cfg) -> None:
-    """Re-run every nested config's own checks after fields were set one by one."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            validate(value)
-    if hasattr(cfg, "__post_init__"):
-        cfg.__post_init__()
+def _unvalidated(cls):
+    """An instance of cls whose fields can be set one by one before validation runs."""
+    obj = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            default = _unvalidated(type(default))
+        object.__setattr__(obj, f.name, default)
+    return obj
+
+
+def _values(obj) -> dict:
+    return {f.name: (_values(getattr(obj, f.name)) if dataclasses.is_dataclass(getattr(obj, f.name))
+                     else getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
 def iter_fields(cls, prefix: str = ""):
-    """(dotted name, type, default, help) for every leaf option of a config class."""
-    hints = _hints(cls)
-    instance = cls()
+    """(dotted name, type, default, field) for every leaf option of a config class, in declaration order."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        value = getattr(instance, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from iter_fields(type(value), f"{prefix}{f.name}.")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            yield from iter_fields(type(default), f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", hints[f.name], value, f.metadata.get("help", "")
+            yield f"{prefix}{f.name}", hints[f.name], default, f
 
 
 def to_dict(cfg) -> dict:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +21,9 @@ from typing import Iterator
 
 from lensml.errors import LensError
 
-TMP_MARK = ".tmp-"  # temporary siblings are named .NAME.tmp-XXXX (see staged_dir)
+log = logging.getLogger(__name__)
+
+TMP_MARK = ".tmp-"  # temporary siblings are named .NAME.tmp-PID-XXXX (see staged_dir)
 
 
 def _umask() -> int:
@@ -52,7 +56,7 @@ def dumps(obj, indent: int | None = 2) -> str:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -78,6 +82,52 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         f.flush()
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def remove_stale(parent: Path, prefix: str) -> list[tuple[Path, int]]:
+    """Remove temporary folders named PREFIX<pid>-... whose process is dead (a killed job's leftovers).
+
+    Returns what was removed with its size in bytes; each removal is logged.
+    """
+    removed = []
+    if not parent.is_dir():
+        return removed
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-")
+    for path in parent.iterdir():
+        match = pattern.match(path.name)
+        if not match or pid_alive(int(match.group(1))):
+            continue
+        size = folder_size(path) if path.is_dir() else path.stat().st_size
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        log.warning("removed %s (%.1f MB), left behind by a process that no longer runs", path, size / 1e6)
+        removed.append((path, size))
+    return removed
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, not after an hour of work, when the output folder's parent cannot be written."""
+    parent = folder.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{folder.name}.write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise LensError(f"cannot write to {parent} ({err.strerror or err}): choose another --out") from err
+
+
 def check_free(out: Path, overwrite: bool) -> None:
     """An output path may be written: absent, or --overwrite given and it is a folder we can replace."""
     if out.exists() or out.is_symlink():
@@ -98,13 +148,15 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     out = Path(out)
     check_free(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TMP_MARK}"))
+    prefix = f".{out.name}{TMP_MARK}"
+    remove_stale(out.parent, prefix)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{prefix}{os.getpid()}-"))
     _chmod_default(tmp, directory=True)
     try:
         yield tmp
         check_free(out, overwrite)
         if out.exists():
-            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TMP_MARK}old-"))
+            trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{prefix}{os.getpid()}-old-"))
             os.replace(out, trash / "old")
             os.replace(tmp, out)
             shutil.rmtree(trash, ignore_errors=True)

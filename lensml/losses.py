@@ -9,6 +9,7 @@ states); each convention is an option.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,13 @@ class LossConfig:
     detach_central: bool = field(default=False, metadata={"help": "stop L1 gradients through the central-language side"})
 
     def __post_init__(self):
+        for name in ("lambda1", "lambda3"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise LensError(f"train.loss.{name} must be a finite number >= 0, got {value}")
+        for lang, value in self.lambdas.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise LensError(f"--lambda {lang}={value}: a push weight must be a finite number >= 0")
         if self.reduction not in ("mean", "sum"):
             raise LensError(f"loss reduction must be mean or sum, got '{self.reduction}'")
         if self.retain not in (None, "mean", "last", "both"):
@@ -63,8 +71,10 @@ def specific_loss(x_l, x_l_ref, m_s, delta, lam: float, cfg: LossConfig) -> torc
 
 def retain_loss(x_c_last, x_c_last_ref, x_c_mean, x_c_mean_ref, cfg: LossConfig) -> torch.Tensor:
     """L3 = |x_c - x_c_ref|^2 on the last token, the token mean, or both (summed)."""
+    if cfg.retain is None:
+        raise ValueError("LossConfig.retain is unresolved: fill it with lensml.training.size_defaults")
     terms = []
-    if cfg.retain in (None, "mean", "both"):
+    if cfg.retain in ("mean", "both"):
         terms.append(_sq(x_c_mean - x_c_mean_ref, cfg.reduction))
     if cfg.retain in ("last", "both"):
         terms.append(_sq(x_c_last - x_c_last_ref, cfg.reduction))
@@ -85,5 +95,37 @@ def lens_loss(states: dict, refs: dict, central: str, a, m_s, deltas: dict, cfg:
         l2 = l2 + specific_loss(st["last"], refs[lang]["last"], m_s, deltas[lang], cfg.lambdas.get(lang, 1.0), cfg)
     c, cr = states[central], refs[central]
     l3 = retain_loss(c["last"], cr["last"], c["mean"], cr["mean"], cfg)
-    total = cfg.lambda1 * l1 + l2 + (1.0 if cfg.lambda3 is None else cfg.lambda3) * l3
+    if cfg.lambda3 is None:
+        raise ValueError("LossConfig.lambda3 is unresolved: fill it with lensml.training.size_defaults")
+    total = cfg.lambda1 * l1 + l2 + cfg.lambda3 * l3
     return {"loss": total, "agnostic": l1, "specific": l2, "retain": l3}
+
+
+@dataclass
+class LensObjective:
+    """The LENS loss together with its targets, so they travel as one object.
+
+    a and M_s are the final-layer projectors and deltas the per-language directions
+    delta_l, all float32 on one device; cfg must be resolved (size_defaults).
+    """
+
+    central: str
+    a: torch.Tensor
+    m_s: torch.Tensor
+    deltas: dict[str, torch.Tensor]
+    cfg: LossConfig
+
+    @classmethod
+    def from_subspace(cls, subspace, languages: list[str], central: str, cfg: LossConfig, device) -> "LensObjective":
+        a, m_s = (t.to(device=device, dtype=torch.float32) for t in subspace.projectors(-1, cfg.normalize_agnostic))
+        deltas = {lang: subspace.direction(lang, -1).to(device=device, dtype=torch.float32) for lang in languages}
+        return cls(central, a, m_s, deltas, cfg)
+
+    def to(self, device) -> "LensObjective":
+        if self.a.device == torch.device(device):
+            return self
+        return LensObjective(self.central, self.a.to(device), self.m_s.to(device),
+                             {k: v.to(device) for k, v in self.deltas.items()}, self.cfg)
+
+    def __call__(self, states: dict, refs: dict) -> dict[str, torch.Tensor]:
+        return lens_loss(states, refs, self.central, self.a, self.m_s, self.deltas, self.cfg)

@@ -34,6 +34,15 @@ class ProbeConfig:
     rank: int | None = field(default=None, metadata={"help": "rank r of the specific subspace (default L-1)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message (default: the template's own)"})
 
+    def __post_init__(self):
+        for name in ("max_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise LensError(f"probe.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("samples", "rank"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LensError(f"probe.{name} must be at least 1, got {value}: leave it unset for the default")
+
 
 def _layer_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output

@@ -24,8 +24,8 @@ def test_defaults_follow_the_paper_and_authors():
 
 
 def test_every_option_has_help():
-    for name, _tp, _default, help_text in iter_fields(RunConfig):
-        assert help_text, f"{name} has no help text"
+    for name, _tp, _default, f in iter_fields(RunConfig):
+        assert f.metadata.get("help"), f"{name} has no help text"
 
 
 @pytest.mark.parametrize("overrides, needle", [

@@ -42,6 +42,29 @@ def test_total_and_gradient_conventions():
     terms["loss"].backward()
     assert x_en.grad[0, 0] != 0  # the central side of L1 is not detached by default
     x_en.grad = None
-    detached = lens_loss(states, refs, "en", A, MS, deltas, LossConfig(lambda3=0.0, detach_central=True))
+    detached = lens_loss(states, refs, "en", A, MS, deltas, LossConfig(lambda3=0.0, retain="mean", detach_central=True))
     detached["loss"].backward()
     assert x_en.grad is None or torch.all(x_en.grad == 0)
+
+
+def test_unresolved_defaults_are_refused():
+    """Defaults are resolved in one place (training.size_defaults), never by a fallback inside the loss."""
+    import pytest
+
+    x = torch.zeros(1, 2)
+    states = {"en": {"last": x, "mean": x}, "zh": {"last": x, "mean": x}}
+    deltas = {"en": torch.zeros(2), "zh": torch.zeros(2)}
+    with pytest.raises(ValueError, match="retain is unresolved"):
+        lens_loss(states, states, "en", A, MS, deltas, LossConfig(lambda3=1.0))
+    with pytest.raises(ValueError, match="lambda3 is unresolved"):
+        lens_loss(states, states, "en", A, MS, deltas, LossConfig(retain="mean"))
+
+
+def test_bad_weights_are_refused():
+    import pytest
+
+    from lensml.errors import LensError
+    with pytest.raises(LensError, match="lambda1"):
+        LossConfig(lambda1=float("nan"))
+    with pytest.raises(LensError, match="zh=-1"):
+        LossConfig(lambdas={"zh": -1.0})

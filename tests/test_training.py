@@ -4,7 +4,9 @@ from lensml.data.loaders import load_rows, load_texts
 from lensml.losses import LossConfig
 from lensml.models import ModelConfig, load_model
 from lensml.probing import ProbeConfig, probe
-from lensml.training import TrainConfig, build_cache, default_lr, evaluate_loss, size_defaults, train
+from lensml.caching import build_cache
+from lensml.methods.lens import evaluate_loss, train
+from lensml.training import TrainConfig, default_lr, size_defaults
 
 
 def _setup(model_dir, data):
@@ -20,12 +22,12 @@ def test_training_lowers_loss_and_freezes_the_rest(tiny_llama, parallel_data):
     cfg = TrainConfig(lr=3e-3, epochs=4, batch_size=8,
                       loss=LossConfig(lambdas={"zh": 2.0, "sw": 1.0}, retain="mean", lambda3=1.0))
     cache = build_cache(model, tok, rows, langs, "en", cfg)  # reference states of the original model
-    loss_before = evaluate_loss(model, tok, sub, cache, langs, "en", cfg.loss)["loss"]
+    loss_before = evaluate_loss(model, sub, cache, "en", cfg.loss)["loss"]
     result = train(model, tok, sub, rows, langs, "en", cfg, cache=cache)
     assert result.steps == 4 * 3
     assert all(set(h) >= {"loss", "agnostic", "specific", "retain", "lr"} for h in result.history)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
-    loss_after = evaluate_loss(model, tok, sub, cache, langs, "en", cfg.loss)["loss"]
+    loss_after = evaluate_loss(model, sub, cache, "en", cfg.loss)["loss"]
     assert loss_after < 0.5 * loss_before
     n_layers = model.config.num_hidden_layers
     changed = {k for k in before if not torch.equal(before[k], trained[k])}

@@ -1,0 +1,119 @@
+"""`lens`: a thin command line over the library (lensml.recipes, lensml.chat, lensml.evaluation).
+
+Every option of RunConfig is a flag generated from the dataclasses (lensml.cli.args);
+each subcommand shows only the sections it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from lensml.cli.args import add_config_arguments, config_from
+from lensml.errors import LensError
+
+RUN_SECTIONS = ["model", "data", "probe", "train", "loss", "eval", "benchmarks", "output"]
+
+
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so that every `finally` cleans up as for Ctrl-C."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
+def cmd_run(args) -> int:
+    from lensml.recipes import run
+    cfg = config_from(args)
+    report = run(cfg)
+    if report is not None:
+        print(report.table())
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from lensml.recipes import probe_job
+    cfg = config_from(args)
+    sub = probe_job(cfg)
+    print(f"subspace: {sub.num_layers} layers, d={sub.hidden_size}, languages {','.join(sub.languages)}, "
+          f"rank {sub.rank}")
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from lensml.recipes import train_job
+    cfg = config_from(args)
+    report = train_job(cfg, args.subspace)
+    if report is not None:
+        print(report.table())
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from lensml.chat import chat
+    return chat(args.model, args.base, args.compare, args.prompt, args.max_new_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log debug messages (per-step losses)")
+    parser = argparse.ArgumentParser(prog="lens", parents=[verbose],
+                                     description="LENS: multilingual enhancement via language subspaces")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", parents=[verbose], usage="lens run [options]",
+                       help="probe, evaluate, train, save and evaluate again (default: SmolLM2-135M, en -> zh)")
+    add_config_arguments(p, RUN_SECTIONS)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("probe", parents=[verbose], usage="lens probe [options]",
+                       help="probe a model: OUT/subspace and OUT/manifest.json")
+    add_config_arguments(p, ["model", "data", "probe", "output"], only={"langs", "central", "probe_data"})
+    p.set_defaults(func=cmd_probe)
+    p = sub.add_parser("train", parents=[verbose], usage="lens train --subspace DIR [options]",
+                       help="train with a probed subspace: OUT/model, OUT/subspace, report and manifest")
+    p.add_argument("--subspace", help="folder written by `lens probe` or `lens run` (or its subspace/ folder)")
+    add_config_arguments(p, ["model", "data", "train", "loss", "output"], only={"langs", "central", "train_data"})
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("chat", parents=[verbose], usage="lens chat MODEL [options]",
+                       help="answer prompts with a model; --compare shows the base model beside it")
+    p.add_argument("model", help="a run folder (its model/), a model folder, Hub id, packaged name or .gguf file")
+    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=False,
+                   help="also answer with the base model, named in the run's manifest.json or by --base")
+    p.add_argument("--base", help="base model to compare with (default: the one the run's manifest names)")
+    p.add_argument("--prompt", action="append", help="prompt to answer (repeatable); default: read lines from stdin")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="greedy tokens per answer (default: 128)")
+    p.set_defaults(func=cmd_chat)
+    from lensml.evaluation.cli import add_eval_commands
+    add_eval_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        return args.func(args)
+    except LensError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("terminated: nothing was written", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

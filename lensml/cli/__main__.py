@@ -1,0 +1,5 @@
+import sys
+
+from lensml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""Command-line flags generated from the config dataclasses, grouped by section.
+
+Why hand-written and not jsonargparse/tyro/simple-parsing: those generate flags from
+dataclasses too, but each brings its own error format (we want one line and exit 2
+for every bad input, through LensError), its own YAML merge rules (ours: defaults,
+then --config, then flags, validated once as a whole) and its own help layout; this
+module is ~100 lines of plain argparse, with no dependency to pin.
+
+Conventions: one flag per option, `--section.field-name` (dashes; the underscore
+spelling is accepted but not shown), a few short aliases for the common ones
+(`--lr`, `--langs`), `--x/--no-x` for switches (`--train.no-x` when dotted), one default shown per option, and a
+usage line that does not change between calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lensml.config import RunConfig, iter_fields, load_config
+
+#: Help sections in the order `--help` shows them.
+SECTIONS = {
+    "model": "model", "data": "data", "probe": "probing", "train": "training", "loss": "LENS loss",
+    "eval": "quick evaluation (held-out prompts answered before and after training)",
+    "benchmarks": "benchmarks (scored before and after training, into OUT/eval)", "output": "output",
+}
+ALIASES = {
+    "model.model": ["--model"], "model.gguf": ["--gguf"], "model.template": ["--template"], "model.device": ["--device"],
+    "model.dtype": ["--dtype"], "model.trust_remote_code": ["--trust-remote-code"],
+    "train.lr": ["--lr"], "train.loss.lambdas": ["--lambda"], "train.loss.lambda1": ["--lambda1"],
+    "train.loss.lambda3": ["--lambda3"], "train.loss.retain": ["--retain"], "train.start_layer": ["--start-layer"],
+    "train.epochs": ["--epochs"], "train.samples": ["--train-samples"], "probe.samples": ["--probe-samples"],
+    "benchmarks.tasks": ["--eval-tasks"],
+}
+PREFIX = "cfg:"
+
+
+class Switch(argparse.Action):
+    """`--a.b.x` sets true, `--a.b.no-x` sets false (argparse's own form would be `--no-a.b.x`)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        names = []
+        for name in option_strings:
+            head, _, leaf = name[2:].rpartition(".")
+            names += [name, "--" + (head + "." if head else "") + "no-" + leaf]
+        super().__init__(names, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        head, _, leaf = option_string[2:].rpartition(".")
+        setattr(namespace, self.dest, not leaf.startswith("no-"))
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+def section_of(dotted: str, f) -> str:
+    if "section" in f.metadata:
+        return f.metadata["section"]
+    if dotted.startswith("train.loss."):
+        return "loss"
+    return dotted.split(".")[0]
+
+
+def _fmt_default(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str], only: set[str] | None = None,
+                         cls=RunConfig) -> None:
+    """One flag per leaf option of cls whose section is listed (and, if given, whose name is in only)."""
+    groups = {s: parser.add_argument_group(SECTIONS[s]) for s in sections}
+    parser.add_argument("--config", metavar="YAML", help="YAML file with any of the options below (flags win)")
+    for dotted, tp, default, f in iter_fields(cls):
+        section = section_of(dotted, f)
+        if section not in groups or (only is not None and dotted not in only and section == "data"):
+            continue
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {_fmt_default(default)})"
+        names = ["--" + dotted.replace("_", "-"), *ALIASES.get(dotted, [])]
+        kwargs = dict(dest=PREFIX + dotted, default=argparse.SUPPRESS, help=help_text)
+        group = groups[section]
+        if tp is bool:
+            group.add_argument(*names, action=Switch, **kwargs)
+            if "_" in dotted:
+                parser.add_argument("--" + dotted, action=Switch, dest=PREFIX + dotted,
+                                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            continue
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(*names, metavar=dotted.split(".")[-1].upper(), **kwargs)
+        if "_" in dotted:
+            parser.add_argument("--" + dotted, dest=PREFIX + dotted, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def config_from(args: argparse.Namespace, cls=RunConfig):
+    """Defaults, then --config YAML, then the flags that were given."""
+    overrides = {k[len(PREFIX):]: v for k, v in vars(args).items() if k.startswith(PREFIX)}
+    return load_config(getattr(args, "config", None), overrides, cls)

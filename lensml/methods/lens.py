@@ -1,0 +1,141 @@
+"""LENS language subspace manipulation (LSM): train the top decoder layers on the three losses.
+
+The frozen original model is needed only for reference states, and the layers
+below the start layer never change: one no-grad pass over the data caches both
+(start-layer inputs and reference final states, lensml.caching), then every step
+runs only the top block. One model copy in memory, no second reference model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from lensml.caching import ReferenceCache, TopBlock, build_cache
+from lensml.errors import LensError
+from lensml.losses import LensObjective, LossConfig
+from lensml.methods import register
+from lensml.methods.base import Method, MethodInputs
+from lensml.models import input_device
+from lensml.subspace import LanguageSubspace
+from lensml.templating import Batch, gather_last, masked_mean
+from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
+
+TERMS = ("loss", "agnostic", "specific", "retain")
+
+
+def _languages(languages: list[str], central: str) -> list[str]:
+    return [central] + [lang for lang in languages if lang != central]
+
+
+def _concat(batches: list[Batch]) -> Batch:
+    return Batch(*(torch.cat([getattr(b, k) for b in batches]) for k in ("input_ids", "attention_mask", "position_ids")))
+
+
+def _offload_unused(model, block: TopBlock) -> list[torch.nn.Module]:
+    """Move the embeddings and LM head to the CPU: the cached forward needs neither."""
+    trained = {id(p) for p in block.parameters()}
+    modules = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    modules = [m for m in modules if not any(id(p) in trained for p in m.parameters())]
+    for m in modules:
+        m.to("cpu")
+    return modules
+
+
+def micro_step(block: TopBlock, cache: ReferenceCache, objective: LensObjective, idx: list[int], langs: list[str],
+               device, weight: float | None) -> dict[str, float]:
+    """Forward the top block for prompts idx in every language; backward scaled by weight (None: no backward)."""
+    width = max(len(cache.ids[lang][i]) for lang in langs for i in idx)
+    parts = [cache.batch(lang, idx, width, device) for lang in langs]
+    batch = _concat([p[0] for p in parts])
+    final = block.forward(batch, torch.cat([p[1] for p in parts])).float()
+    last, mean = gather_last(final, batch.attention_mask), masked_mean(final, batch.attention_mask)
+    k = len(idx)
+    states = {lang: {"last": last[j * k:(j + 1) * k], "mean": mean[j * k:(j + 1) * k]} for j, lang in enumerate(langs)}
+    refs = {lang: p[2] for lang, p in zip(langs, parts)}
+    if final.device != objective.a.device:  # the last layers may sit on another GPU under a device_map
+        objective = objective.to(final.device)
+        refs = {k: {kk: vv.to(final.device) for kk, vv in v.items()} for k, v in refs.items()}
+    terms = objective(states, refs)
+    if weight is not None:
+        (terms["loss"] * weight).backward()
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
+
+
+def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, str]], languages: list[str],
+          central: str, cfg: TrainConfig, cache: ReferenceCache | None = None,
+          log_path: Path | None = None) -> TrainResult:
+    """Train the top block in place on parallel prompts with the LENS objective.
+
+    `cache` lets several trainings of the same original model share one reference pass.
+    """
+    langs = _languages(languages, central)
+    device = input_device(model)
+    t0 = time.perf_counter()
+    if cache is None:
+        cache = build_cache(model, tokenizer, pairs, languages, central, cfg)
+    block = TopBlock(model, cfg.start_layer, as_tuple=cache.as_tuple)
+    if cache.start != block.start:
+        raise LensError(f"reference cache was built for start layer {cache.start}, training starts at {block.start}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = block.parameters()
+    for p in params:
+        p.requires_grad_(True)
+    total = sum(p.numel() for p in model.parameters())
+    cfg = size_defaults(cfg, total)
+    result = TrainResult(method=LensMethod.name, steps=0, lr=cfg.lr, trainable_parameters=sum(p.numel() for p in params),
+                         total_parameters=total, resolved=dataclasses.asdict(cfg))
+    result.timings_s["reference_cache"] = time.perf_counter() - t0
+    objective = LensObjective.from_subspace(subspace, langs, central, cfg.loss, device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    offloaded = _offload_unused(model, block) if cfg.offload_unused and device.type == "cuda" else []
+    model.train()
+    try:
+        optimise(params, len(cache), cfg, lambda idx, w: micro_step(block, cache, objective, idx, langs, device, w),
+                 result, TERMS, device, log_path)
+    finally:
+        for module in offloaded:
+            module.to(device)
+        model.eval()
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        for p in params:
+            p.requires_grad_(False)
+    return result
+
+
+@torch.no_grad()
+def evaluate_loss(model, subspace: LanguageSubspace, cache: ReferenceCache, central: str,
+                  loss_cfg: LossConfig, batch_size: int = 8) -> dict[str, float]:
+    """Loss terms of the current weights against a cache's reference states, averaged over its prompts."""
+    langs = _languages(cache.languages, central)
+    device = input_device(model)
+    loss_cfg = size_defaults(TrainConfig(loss=loss_cfg), sum(p.numel() for p in model.parameters())).loss
+    block = TopBlock(model, cache.start, as_tuple=cache.as_tuple)
+    objective = LensObjective.from_subspace(subspace, langs, central, loss_cfg, device)
+    n = len(cache)
+    totals: dict[str, float] = {}
+    for s in range(0, n, batch_size):
+        idx = list(range(s, min(n, s + batch_size)))
+        for k, v in micro_step(block, cache, objective, idx, langs, device, None).items():
+            totals[k] = totals.get(k, 0.0) + v * len(idx) / n
+    return totals
+
+
+@register
+class LensMethod(Method):
+    name = "lens"
+    description = "LENS: align with the central language in the agnostic subspace, push along the language's own direction, keep the central language"
+    needs_subspace = True
+
+    def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
+              log_path: Path | None = None) -> TrainResult:
+        if inputs.subspace is None:
+            raise LensError("LENS needs a probed subspace: run the probe stage or pass --subspace")
+        return train(model, tokenizer, inputs.subspace, inputs.rows, inputs.languages, inputs.central, cfg,
+                     log_path=log_path)

@@ -1,0 +1,101 @@
+"""`lens probe` and `lens train`: the stages of a run, alone, writing the same folder layout.
+
+OUT/subspace, OUT/model and OUT/manifest.json (naming the base model) are where
+`lens run` puts them, so `lens chat OUT --compare`, `lens train --subspace OUT` and
+`lens compare` work on any of these folders.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lensml import distributed, methods
+from lensml.config import RunConfig
+from lensml.errors import LensError
+from lensml.io import write_json_atomic
+from lensml.methods.base import MethodInputs
+from lensml.models import load_model
+from lensml.plotting import plot_run
+from lensml.probing import probe
+from lensml.recipes.stages import Stages, check_output, load_inputs, output_dir, save_model, write_manifest
+from lensml.report import RunReport, TrainSummary
+from lensml.subspace import LanguageSubspace
+
+log = logging.getLogger(__name__)
+
+
+def probe_job(cfg: RunConfig) -> LanguageSubspace:
+    """Probe and write OUT/subspace and OUT/manifest.json."""
+    out = Path(cfg.out)
+    check_output(out, cfg.overwrite)
+    stages = Stages()
+    with stages("data"):
+        inputs = load_inputs(cfg, probe=True, train=False, held_out=False)
+    with output_dir(out, cfg.overwrite) as tmp:
+        with stages("load_model"):
+            model, tok, name = load_model(cfg.model)
+        with stages("probe"):
+            subspace = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe, name, cfg.probe_data)
+        if distributed.is_main():
+            subspace.save_pretrained(tmp / "subspace")
+            write_manifest(tmp, "probe", cfg, name, stages.total(),
+                           data={"probe": subspace.metadata.get("data_sha256"), "probe_source": cfg.probe_data})
+    log.info("wrote %s", out)
+    return subspace
+
+
+def find_subspace(path: str | Path) -> Path:
+    """A subspace folder, or a run/probe folder holding one in subspace/."""
+    path = Path(path)
+    if (path / "subspace").is_dir():
+        return path / "subspace"
+    return path
+
+
+def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
+    """Train with a probed subspace; write OUT/model, OUT/subspace (the one used), report and manifest."""
+    method = methods.get(cfg.method)
+    out = Path(cfg.out)
+    check_output(out, cfg.overwrite)
+    stages = Stages()
+    subspace = None
+    if method.needs_subspace:
+        if not subspace_path:
+            raise LensError(f"method '{cfg.method}' needs a probed subspace: pass --subspace DIR (from lens probe or lens run)")
+        subspace = LanguageSubspace.from_pretrained(find_subspace(subspace_path))
+    with stages("data"):
+        inputs = load_inputs(cfg, probe=False, train=True, held_out=False)
+    with output_dir(out, cfg.overwrite) as tmp:
+        with stages("load_model"):
+            model, tok, name = load_model(cfg.model)
+        if subspace is not None:
+            text = model.config.get_text_config()
+            subspace.check_compatible(text.hidden_size, text.num_hidden_layers, cfg.langs, cfg.central)
+            check_model = getattr(subspace, "check_model", None)
+            if check_model is not None:
+                check_model(name)
+        with stages("train"):
+            result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace),
+                                  cfg.train, log_path=tmp / "losses.jsonl")
+        if not distributed.is_main():
+            return None
+        with stages("save"):
+            save_model(model, tok, tmp / "model")
+            if subspace is not None:
+                subspace.save_pretrained(tmp / "subspace")
+        timings = stages.total()
+        report = RunReport(model=name, central=cfg.central, languages=cfg.languages,
+                           train=TrainSummary(result.method, result.steps, result.lr, result.final,
+                                              result.trainable_parameters, result.total_parameters),
+                           timings_s=timings)
+        write_manifest(tmp, "train", cfg, name, {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
+                       train_resolved=result.resolved, losses=result.history,
+                       data={"train_source": cfg.train_data, "train_rows": len(inputs.train_rows),
+                             "subspace": str(subspace_path) if subspace_path else None},
+                       trainable_parameters=result.trainable_parameters, total_parameters=result.total_parameters,
+                       trainable_share=result.trainable_share)
+        write_json_atomic(tmp / "report.json", report.to_dict())
+        plot_run(report, result.history, tmp / "report.png")
+    log.info("wrote %s", out)
+    return report

@@ -1,0 +1,94 @@
+"""`lens run`: load, probe, evaluate before, train, save, evaluate after, report.
+
+Each stage returns a typed value the next one takes; the report (lensml.report.RunReport)
+is built from them in memory and written once. Outputs go to a temporary sibling folder
+renamed into place only when complete, so a failed or interrupted run never leaves a
+half-written OUT.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lensml import distributed, methods
+from lensml.config import RunConfig
+from lensml.evaluation import before_after
+from lensml.io import write_json_atomic, write_jsonl_atomic
+from lensml.methods.base import MethodInputs
+from lensml.models import load_model
+from lensml.plotting import plot_run
+from lensml.probing import probe
+from lensml.recipes.stages import Stages, check_output, load_inputs, output_dir, save_model, write_manifest
+from lensml.report import RunReport, TrainSummary
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig) -> RunReport | None:
+    """Run every stage; returns the report (None on non-main data-parallel processes)."""
+    method = methods.get(cfg.method)
+    out = Path(cfg.out)
+    check_output(out, cfg.overwrite)
+    stages = Stages()
+    do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
+    do_bench = bool(getattr(cfg.benchmarks, "tasks", None)) and distributed.is_main()
+    with stages("data"):
+        inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval)
+    with output_dir(out, cfg.overwrite) as tmp:
+        with stages("load_model"):
+            model, tok, name = load_model(cfg.model)
+        subspace = None
+        if method.needs_subspace:
+            with stages("probe"):
+                subspace = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe, name, cfg.probe_data)
+                if distributed.is_main():
+                    subspace.save_pretrained(tmp / "subspace")
+        if do_eval:
+            with stages("eval_base"):
+                before = before_after.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval)
+        bench = {}
+        if do_bench:
+            with stages("benchmarks_base"):
+                bench["base"] = _benchmarks(model, tok, name, cfg, tmp / "eval" / "base")
+        with stages("train"):
+            result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace),
+                                  cfg.train, log_path=tmp / "losses.jsonl")
+        if not distributed.is_main():
+            return None
+        with stages("save"):
+            save_model(model, tok, tmp / "model")
+        quick_eval = None
+        if do_eval:
+            with stages("eval_enhanced"):
+                after = before_after.answer_after(model, tok, before, cfg.eval)
+                quick_eval, rows = before_after.compare(before, after, cfg.eval)
+            write_jsonl_atomic(tmp / "answers.jsonl", rows)
+        if do_bench:
+            with stages("benchmarks_enhanced"):
+                bench["enhanced"] = _benchmarks(model, tok, f"{name} + {cfg.method}", cfg, tmp / "eval" / "enhanced")
+        timings = stages.total()
+        report = RunReport(model=name, central=cfg.central, languages=cfg.languages,
+                           train=TrainSummary(result.method, result.steps, result.lr, result.final,
+                                              result.trainable_parameters, result.total_parameters),
+                           quick_eval=quick_eval, benchmarks=bench or None, timings_s=timings)
+        if bench:
+            from lensml.evaluation.compare import comparison_table_of
+            (tmp / "eval" / "compare.md").write_text(
+                comparison_table_of([bench["base"], bench["enhanced"]], ["base", "enhanced"]) + "\n", encoding="utf-8")
+        write_manifest(tmp, "run", cfg, name, {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
+                       train_resolved=result.resolved, losses=result.history,
+                       data={"probe": subspace.metadata.get("data_sha256") if subspace else None,
+                             "probe_source": cfg.probe_data, "train_source": cfg.train_data,
+                             "train_rows": len(inputs.train_rows)},
+                       trainable_parameters=result.trainable_parameters, total_parameters=result.total_parameters,
+                       trainable_share=result.trainable_share)
+        write_json_atomic(tmp / "report.json", report.to_dict())
+        plot_run(report, result.history, tmp / "report.png")
+    log.info("wrote %s", out)
+    return report
+
+
+def _benchmarks(model, tok, name: str, cfg: RunConfig, out_dir: Path) -> dict:
+    from lensml.evaluation.suite import evaluate  # the benchmark suite; imported only when asked for
+    return evaluate(model, tok, name, cfg.benchmarks, out_dir)

@@ -1,0 +1,128 @@
+"""The pieces every recipe shares: timed stages, inputs checked before the model loads, outputs.
+
+A recipe (lensml.recipes.run, .jobs) is a list of these stages in order; each returns a
+typed value the next one takes, so nothing re-reads its own output from disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from lensml import distributed
+from lensml.config import RunConfig, to_dict
+from lensml.data.loaders import load_rows, load_texts
+from lensml.errors import LensError
+from lensml.io import check_free, check_writable, staged_dir, write_json_atomic
+from lensml.provenance import versions
+
+log = logging.getLogger(__name__)
+
+
+class Stages:
+    """Wall time per named stage, with one INFO line when a stage starts and one when it ends."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        log.info("%s: started", name)
+        t = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t
+        self.timings[name] = self.timings.get(name, 0.0) + dt
+        log.info("%s: done in %.1fs", name, dt)
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings, "total": time.perf_counter() - self._t0}
+
+
+@dataclass
+class Inputs:
+    """Every input of a job, read and checked before the model loads."""
+
+    probe_texts: dict[str, list[str]] | None
+    train_rows: list[dict] | None
+    held_out: dict[str, list[str]] | None   # quick-evaluation prompts per language
+
+
+def load_inputs(cfg: RunConfig, probe: bool, train: bool, held_out: bool) -> Inputs:
+    """Read the data a job needs and fail on any shortfall now, not after minutes of model work."""
+    langs = cfg.languages
+    probe_texts = load_texts(cfg.probe_data, langs) if probe else None
+    if probe_texts is not None:
+        for lang, texts in probe_texts.items():
+            need = cfg.probe.samples if cfg.probe.samples is not None else 1
+            if len(texts) < need:
+                raise LensError(f"probe data has {len(texts)} texts for '{lang}', {need} asked: "
+                                f"lower --probe-samples or add data")
+    rows = load_rows(cfg.train_data, langs) if train else None
+    if rows is not None:
+        n = cfg.train.samples if cfg.train.samples is not None else len(rows)
+        if len(rows) < n:
+            raise LensError(f"training data has {len(rows)} prompts, {n} asked: lower --train-samples or add data")
+        for i, row in enumerate(rows[:n]):
+            missing = [lang for lang in langs if not row.get(lang)]
+            if missing:
+                raise LensError(f"training data {cfg.train_data}: row {i + 1} has no '{missing[0]}' text: "
+                                f"every row needs all of {','.join(langs)}")
+    held = None
+    if held_out:
+        held_rows = load_rows(cfg.eval.data, langs)
+        n = cfg.eval.samples or len(held_rows)
+        if len(held_rows) < n:
+            raise LensError(f"evaluation data has {len(held_rows)} prompts, {n} asked: lower --eval.samples")
+        held = {lang: [r[lang] for r in held_rows[:n]] for lang in langs}
+    return Inputs(probe_texts, rows, held)
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """The output can be written: free (or --overwrite of a folder) and its parent writable."""
+    if distributed.is_main():
+        check_free(out, overwrite)
+        check_writable(out)
+
+
+@contextlib.contextmanager
+def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder that becomes OUT only when the job succeeds.
+
+    Under data parallelism only the main process publishes; the others get a scratch
+    folder that is discarded (they compute, the main process writes).
+    """
+    if not distributed.is_main():
+        with tempfile.TemporaryDirectory(prefix="lensml-scratch-") as scratch:
+            yield Path(scratch)
+        return
+    with staged_dir(out, overwrite) as tmp:
+        yield tmp
+
+
+def peak_memory_gb() -> dict:
+    mem = {"host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
+    if torch.cuda.is_available():
+        mem["device_gb"] = torch.cuda.max_memory_allocated() / 1024 ** 3
+    return mem
+
+
+def save_model(model, tokenizer, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def write_manifest(directory: Path, kind: str, cfg: RunConfig, model_name: str, timings: dict, **extra) -> None:
+    """manifest.json: what produced this folder. `base_model` is what `lens chat --compare` loads."""
+    write_json_atomic(directory / "manifest.json", {
+        "kind": kind, "base_model": cfg.model.gguf or cfg.model.model, "model_name": model_name,
+        "method": cfg.method, "config": to_dict(cfg), "versions": versions(), "timings_s": timings,
+        "peak_memory": peak_memory_gb(), **extra})

@@ -1,8 +1,9 @@
 """Sweep training settings on one model: probe once, cache once, train each setting from the same weights.
 
-Why: picking defaults by measurement. Each setting reports target-language fidelity
-(and clean fidelity: right language, no echo or loop), central-language fidelity and
-the change of the base model's own English answers' NLL, on the held-out prompts.
+Why: picking defaults by measurement. Each setting gets the run's own before/after
+check (lensml.evaluation.before_after -> the RunReport's QuickEval): target-language
+fidelity, clean fidelity, echo/loop shares, central-language fidelity and the change
+of the base model's own English answers' NLL, on the held-out prompts.
 
     python benchmarks/sweep.py --grid '[{"lr": 5e-4, "retain": "both", "lambda3": 10}]' --json runs/sweep.json
 """
@@ -16,16 +17,26 @@ import time
 
 import torch
 
-from lensml.data.loaders import load_rows, load_texts
-from lensml.evaluation.generation import answer_nll
-from lensml.evaluation.quick import QuickEvalConfig, answer_prompts, score_answers
-from lensml.langid import LanguageIdentifier
+from lensml.caching import build_cache
+from lensml.config import RunConfig
+from lensml.evaluation import before_after
+from lensml.io import dumps, write_text_atomic
 from lensml.losses import LossConfig
+from lensml.methods.lens import train
 from lensml.models import ModelConfig, load_model
-from lensml.probing import ProbeConfig, probe
-from lensml.training import TrainConfig, build_cache, train
+from lensml.probing import probe
+from lensml.recipes.stages import load_inputs
+from lensml.training import TrainConfig
 
 LOSS_KEYS = {"lambda1", "lambda3", "retain", "reduction", "detach_central", "lambdas"}
+
+
+def _row(setting, quick, langs) -> dict:
+    row = {"setting": setting, "nll_change": quick.retention.relative_change}
+    for lang in langs:
+        for key in ("fidelity", "clean_fidelity", "echo", "loop"):
+            row[f"{key}_{lang}"] = getattr(quick.enhanced[lang], key)
+    return row
 
 
 def main() -> None:
@@ -37,41 +48,35 @@ def main() -> None:
     ap.add_argument("--grid", required=True, help="JSON list of settings (TrainConfig / LossConfig fields)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
-    langs = ["en", args.lang]
-    model, tok, _ = load_model(ModelConfig(model=args.model))
-    sub = probe(model, tok, load_texts(args.probe_data, langs), "en", ProbeConfig())
-    held = load_rows("embedded:heldout", langs)
-    prompts = {lang: [r[lang] for r in held] for lang in langs}
-    qcfg = QuickEvalConfig()
-    ident = LanguageIdentifier()
-    base = answer_prompts(model, tok, prompts, qcfg, "base")
-    base_scores = score_answers(prompts, base, ident)
-    base_nll = answer_nll(model, tok, prompts["en"], base["en"])
-    rows = [{"setting": "base", "answers": base, **{f"{k}_{lang}": base_scores[lang][k] for lang in langs
+    cfg = RunConfig(model=ModelConfig(model=args.model), langs=[args.lang], probe_data=args.probe_data,
+                    train_data=args.train_data)
+    langs = cfg.languages
+    inputs = load_inputs(cfg, probe=True, train=True, held_out=True)
+    model, tok, _ = load_model(cfg.model)
+    sub = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe)
+    before = before_after.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval)
+    base_quick, _ = before_after.compare(before, before, cfg.eval)
+    rows = [{"setting": "base", **{f"{k}_{lang}": getattr(base_quick.base[lang], k) for lang in langs
                                    for k in ("fidelity", "clean_fidelity", "echo", "loop")}, "nll_change": 0.0}]
-    print(json.dumps({k: v for k, v in rows[-1].items() if k != "answers"}), flush=True)
+    print(json.dumps(rows[-1]), flush=True)
     original = copy.deepcopy(model.state_dict())
-    pairs = load_rows(args.train_data, langs)
     caches = {}
     for setting in json.loads(args.grid):
         model.load_state_dict(original)
         loss = LossConfig(**{k: v for k, v in setting.items() if k in LOSS_KEYS})
-        cfg = TrainConfig(**{k: v for k, v in setting.items() if k not in LOSS_KEYS}, loss=loss)
-        key = (cfg.start_layer, cfg.max_length, cfg.samples)
+        tcfg = TrainConfig(**{k: v for k, v in setting.items() if k not in LOSS_KEYS}, loss=loss)
+        key = (tcfg.start_layer, tcfg.max_length, tcfg.samples)
         if key not in caches:
-            caches[key] = build_cache(model, tok, pairs, langs, "en", cfg)
+            caches[key] = build_cache(model, tok, inputs.train_rows, langs, cfg.central, tcfg)
         t = time.perf_counter()
-        res = train(model, tok, sub, pairs, langs, "en", cfg, cache=caches[key])
+        res = train(model, tok, sub, inputs.train_rows, langs, cfg.central, tcfg, cache=caches[key])
         train_s = time.perf_counter() - t
-        enh = answer_prompts(model, tok, prompts, qcfg, "enhanced")
-        sc = score_answers(prompts, enh, ident)
-        nll = answer_nll(model, tok, prompts["en"], base["en"])
-        rows.append({"setting": setting, "train_s": round(train_s, 1), "steps": res.steps, "answers": enh,
-                     **{f"{k}_{lang}": sc[lang][k] for lang in langs for k in ("fidelity", "clean_fidelity", "echo", "loop")},
-                     "nll_change": (nll - base_nll) / base_nll, "final_loss": res.history[-1]})
+        after = before_after.answer_after(model, tok, before, cfg.eval)
+        quick, answers = before_after.compare(before, after, cfg.eval)
+        rows.append({**_row(setting, quick, langs), "train_s": round(train_s, 1), "steps": res.steps,
+                     "final_loss": res.final, "answers": answers})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "answers"}), flush=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"model": args.model, "lang": args.lang, "rows": rows}, f, indent=1)
+        write_text_atomic(args.json, dumps({"model": args.model, "lang": args.lang, "rows": rows}))
     model.load_state_dict(original)
 
 

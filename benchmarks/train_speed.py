@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import math
 import os
@@ -46,12 +45,11 @@ from lensml.losses import LossConfig, lens_loss
 from lensml.models import ModelConfig, decoder_of, load_model, load_tokenizer, resolve_model_path
 from lensml.probing import ProbeConfig, probe
 from lensml.templating import encode_prompts, gather_last, masked_mean, pad
-from lensml.training import TrainConfig, train
+from lensml.methods.lens import train
+from lensml.training import TrainConfig
 from transformers import get_cosine_schedule_with_warmup
-import lensml.probing  # noqa: E402  (their progress bars are switched off unless --progress)
-import lensml.training  # noqa: E402
 
-OFFICIAL = Path("/work/shared/data/lens-official")
+OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lens-official"  # ../shared beside the repo
 LANGS, CENTRAL = ["en", "zh"], "en"
 ACCUM = 8  # the authors' batch 1 x 8 accumulation steps
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -250,7 +248,7 @@ def authors_loop(model, tok, sub, pairs, args, device, rep: Report) -> dict:
     run_steps = total_steps if args.authors_steps is None else min(args.authors_steps, total_steps)
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(0.05 * total_steps), total_steps)
-    loss_cfg = LossConfig()
+    loss_cfg = LossConfig(retain="mean", lambda3=1.0)  # the authors' conventions
     a, m_s = (x.to(device=device, dtype=torch.float32) for x in sub.projectors(-1, loss_cfg.normalize_agnostic))
     deltas = {lang: sub.direction(lang, -1).to(device=device, dtype=torch.float32) for lang in LANGS}
     order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed)).tolist()
@@ -322,8 +320,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     if not args.progress:
-        for mod in (lensml.probing, lensml.training):
-            mod.tqdm = functools.partial(lambda bar, *a, **k: bar(*a, **{**k, "disable": True}), mod.tqdm)
+        os.environ["TQDM_DISABLE"] = "1"  # lensml.progress honours it
     if args.threads:
         torch.set_num_threads(args.threads)
     rep = Report(errors={}, json=args.json)

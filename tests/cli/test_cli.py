@@ -114,3 +114,11 @@ def test_subspace_model_mismatch(tiny_llama, parallel_data, tmp_path, capsys):
     _fails(["train", "--model", str(tiny_llama), "--subspace", str(tmp_path / "nope"), "--train-data",
             str(parallel_data), "--langs", "zh", "--out", str(tmp_path / "m")], capsys, "not a lensml subspace")
     assert not (tmp_path / "m").exists()
+
+
+def test_divergent_training_writes_nothing(tiny_llama, parallel_data, tmp_path, capsys):
+    """lr 1e10 for two steps used to save a broken model with exit 0: the trained weights are checked now."""
+    out = tmp_path / "run"
+    _fails(["run", *common(tiny_llama, parallel_data), "--out", str(out), "--lr", "1e10", "--train-samples", "8",
+            "--train.batch-size", "4"], capsys, "non-finite")
+    assert not out.exists() and no_leftovers(tmp_path)

@@ -122,6 +122,19 @@ class TrainResult:
 MicroStep = Callable[[list[int], "float | None"], dict]
 
 
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Share of the peak rate used by optimiser step `step` (0-based): linear warm-up, then cosine decay.
+
+    Unlike transformers' get_cosine_schedule_with_warmup, the first step does not run at
+    rate 0 (warm-up climbs (k+1)/(warmup+1)) and the last step not at 0 either, so every
+    step moves the weights: a one-step run trains.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def fmt_terms(terms: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
 
@@ -141,12 +154,11 @@ def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, m
     used. After the last step the loss is computed once more with the final weights:
     a run that diverged on its last update fails here instead of saving a broken model.
     """
-    from transformers import get_cosine_schedule_with_warmup
-
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     opt = make_optimizer(params, cfg.lr, cfg.weight_decay, cfg.seed)
-    sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, warmup, total_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     micro = max(1, math.ceil(cfg.batch_size / cfg.grad_accum / distributed.world_size()))
     t0 = time.perf_counter()

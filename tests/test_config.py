@@ -42,3 +42,19 @@ def test_bad_options(overrides, needle):
 def test_bundled_config_parses():
     cfg = load_config(str(Path(__file__).parents[1] / "configs" / "llama3_8b_multilingual.yaml"), {})
     assert cfg.model.model == "meta-llama/Meta-Llama-3-8B-Instruct" and len(cfg.langs) == 6 and cfg.train.lr == 1e-5
+
+
+def test_offline_example_config_is_the_default_run():
+    cfg = load_config(str(Path(__file__).parents[1] / "configs" / "smollm2_zh.yaml"), {})
+    default = RunConfig()
+    assert cfg.out == "runs/smollm2-zh"
+    cfg.out = default.out
+    assert cfg == default
+
+
+def test_whole_numbers_and_untrained_lambdas():
+    with pytest.raises(LensError, match="whole number"):
+        load_config(None, {"train.epochs": 1.7})
+    assert load_config(None, {"train.epochs": 2.0}).train.epochs == 2
+    with pytest.raises(LensError, match="not trained"):
+        load_config(None, {"train.loss.lambdas": "sw=1"})

@@ -64,3 +64,23 @@ def test_non_finite_loss_stops_training(tiny_llama, parallel_data):
     with pytest.raises(LensError, match="non-finite at step 1"):
         train(model, tok, sub, rows, langs, "en", TrainConfig(lr=1e-3))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_every_step_moves_the_weights():
+    """The first step used to run at lr 0 (warm-up from 0): a one-step run saved the base weights."""
+    from lensml.training import lr_factor
+
+    for total, warmup in [(1, 1), (2, 1), (25, 2), (100, 5), (3, 0)]:
+        factors = [lr_factor(k, warmup, total) for k in range(total)]
+        assert all(f > 0 for f in factors), (total, warmup, factors)
+        assert max(factors) == 1.0 or total <= warmup
+    assert [round(lr_factor(k, 2, 25), 4) for k in range(3)] == [0.3333, 0.6667, 1.0]
+
+
+def test_one_step_run_trains_and_logs_the_rate_it_used(tiny_llama, parallel_data):
+    model, tok, sub, rows, langs = _setup(tiny_llama, parallel_data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, tok, sub, rows[:8], langs, "en", TrainConfig(lr=1e-3, batch_size=8))
+    assert result.steps == 1
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert abs(result.history[0]["lr"] - 1e-3 / 2) < 1e-12  # warm-up of 1 step: (0+1)/(1+1) of the peak

@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from lensml.errors import LensError
+from lensml.languages import iso639_1
 
 _FASTTEXT_LABEL = re.compile(r"__label__([a-z]{3})_([A-Za-z]{4})")
-# ISO 639-3 (GlotLID) to the two-letter codes lensml uses.
-_ISO3_TO_1 = {"eng": "en", "cmn": "zh", "zho": "zh", "yue": "zh", "jpn": "ja", "kor": "ko", "arb": "ar", "ara": "ar",
-              "ben": "bn", "swh": "sw", "swa": "sw", "fra": "fr", "deu": "de", "spa": "es", "ita": "it", "por": "pt",
-              "rus": "ru", "vie": "vi", "tha": "th", "ind": "id", "tur": "tr", "hin": "hi"}
 
 
 @dataclass
@@ -72,4 +69,8 @@ def _detect(backend: str, model_path: str | None, text: str) -> str:
         return pred.language.split("-")[0] if pred.is_reliable or pred.language != "und" else ""
     labels, _ = det.predict(text.replace("\n", " "))
     match = _FASTTEXT_LABEL.match(labels[0]) if labels else None
-    return _ISO3_TO_1.get(match.group(1), match.group(1)) if match else ""
+    if not match:
+        return ""
+    # GlotLID labels are ISO 639-3, often individual languages ("cmn", "arb"); a code lensml
+    # cannot map stays as it is, so it never counts as the right language.
+    return iso639_1(match.group(1)) or match.group(1)

@@ -1,22 +1,98 @@
-"""Language codes lensml knows, and their names (for prompts, tables and langid)."""
+"""The one home of language codes: names, ISO 639-1 <-> ISO 639-3, validation of --langs.
 
-LANGUAGES: dict[str, str] = {
-    "en": "English", "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "ar": "Arabic",
-    "bn": "Bengali", "sw": "Swahili", "fr": "French", "de": "German", "es": "Spanish",
-    "it": "Italian", "pt": "Portuguese", "ru": "Russian", "vi": "Vietnamese", "th": "Thai",
-    "id": "Indonesian", "tr": "Turkish", "hi": "Hindi", "et": "Estonian", "ht": "Haitian Creole",
-    "qu": "Quechua", "ta": "Tamil", "my": "Burmese", "te": "Telugu", "eu": "Basque",
+lensml names languages by ISO 639-1 codes ("zh"). The table is lingua's (the default
+language identifier), so every language lingua can identify is a language lensml can
+target, and fidelity can be measured for it. Three codes lingua does not know are
+added because lensml's evaluation tasks (XCOPA) cover them; lingua never returns
+them, so their fidelity needs another identifier (--langid glotlid).
+
+ISO 639-3: data sets and GlotLID label some languages with an individual-language
+code where lingua gives the macrolanguage. `iso639_3` returns the code the Aya
+dataset uses (Aya: "arb" Standard Arabic, "swh" Swahili, but "zho" Chinese, the
+same as lingua); `iso639_1` maps both kinds back, so a GlotLID "cmn" or "arb" label
+counts as "zh" or "ar".
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from lensml.errors import LensError
+
+# Codes lingua does not know, covered by lensml's evaluation tasks: code -> (name, ISO 639-3).
+_EXTRA: dict[str, tuple[str, str]] = {"ht": ("Haitian Creole", "hat"), "qu": ("Quechua", "que"),
+                                      "my": ("Burmese", "mya")}
+# Names lingua spells without their language ("BOKMAL").
+_NAME_OVERRIDE: dict[str, str] = {"nb": "Norwegian Bokmål", "nn": "Norwegian Nynorsk"}
+# Where Aya (and GlotLID) use an individual-language code instead of lingua's macrolanguage code.
+_ISO3_OVERRIDE: dict[str, str] = {"ar": "arb", "sw": "swh"}
+# Individual-language ISO 639-3 codes (GlotLID labels, Aya codes) -> the two-letter code of their macrolanguage.
+_INDIVIDUAL: dict[str, str] = {
+    "cmn": "zh", "yue": "zh", "wuu": "zh", "arb": "ar", "swh": "sw", "pes": "fa", "zsm": "ms", "ekk": "et",
+    "lvs": "lv", "khk": "mn", "azj": "az", "als": "sq", "quy": "qu", "quz": "qu",
 }
 
-from lensml.errors import LensError  # noqa: E402
+
+@lru_cache(maxsize=1)
+def _table() -> dict[str, tuple[str, str]]:
+    """Two-letter code -> (English name, lingua's ISO 639-3 code), for lingua's languages and the extras."""
+    from lingua import Language
+
+    table = {lang.iso_code_639_1.name.lower(): (lang.name.capitalize(), lang.iso_code_639_3.name.lower())
+             for lang in Language.all()}
+    table.update({code: (name, table[code][1]) for code, name in _NAME_OVERRIDE.items()})
+    table.update(_EXTRA)
+    return table
+
+
+@lru_cache(maxsize=1)
+def _reverse() -> dict[str, str]:
+    rev = {code3: code for code, (_, code3) in _table().items()}
+    rev.update({code3: code for code, code3 in _ISO3_OVERRIDE.items()})
+    rev.update(_INDIVIDUAL)
+    return rev
+
+
+def is_known(code: str) -> bool:
+    """A lower-case two-letter code lensml can name (and lingua identify, but for ht, qu, my)."""
+    return code in _table()
+
+
+def known_codes() -> list[str]:
+    """All known two-letter codes, sorted."""
+    return sorted(_table())
+
+
+def _entry(code: str) -> tuple[str, str]:
+    try:
+        return _table()[code]
+    except KeyError:
+        raise LensError(f"unknown language code '{code}': use a two-letter ISO 639-1 code, "
+                        f"one of {','.join(known_codes())}") from None
+
+
+def language_name(code: str) -> str:
+    """English name of a two-letter code: "zh" -> "Chinese"; unknown codes are an error."""
+    return _entry(code)[0]
+
+
+def iso639_3(code: str) -> str:
+    """ISO 639-3 code as the Aya dataset labels it: "zh" -> "zho", "ar" -> "arb", "sw" -> "swh"."""
+    return _ISO3_OVERRIDE.get(code) or _entry(code)[1]
+
+
+def iso639_1(code3: str) -> str | None:
+    """Two-letter code of an ISO 639-3 code, macro or individual ("zho", "cmn", "yue" -> "zh"); None if unknown."""
+    return _reverse().get(code3.lower())
 
 
 def check_languages(codes: list[str], central: str) -> None:
-    """Reject unknown codes and a language list without a target language."""
+    """Reject unknown codes, a language list without a target language, and a repeated code."""
     for code in [central, *codes]:
-        if code not in LANGUAGES:
-            known = ",".join(sorted(LANGUAGES))
-            raise LensError(f"unknown language code '{code}': use one of {known}")
+        if not is_known(code):
+            hint = f" (did you mean '{iso639_1(code)}'?)" if iso639_1(code) else ""
+            raise LensError(f"unknown language code '{code}'{hint}: use a two-letter ISO 639-1 code, "
+                            f"one of {','.join(known_codes())}")
     if not [c for c in codes if c != central]:
         raise LensError(f"no target language besides the central language '{central}': pass e.g. --langs zh")
     if len(set(codes)) != len(codes):

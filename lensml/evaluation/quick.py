@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from lensml.evaluation.degeneration import degeneration
 from lensml.evaluation.generation import generate_answers
+from lensml.evaluation.metrics import share
 from lensml.langid import LanguageIdentifier
 
 
@@ -28,22 +29,30 @@ def answer_prompts(model, tokenizer, prompts: dict[str, list[str]], cfg: QuickEv
 
 
 def score_answers(prompts: dict[str, list[str]], answers: dict[str, list[str]], ident: LanguageIdentifier) -> dict:
-    """Per language: fidelity, echo/loop/empty shares, clean fidelity (right language, not degenerate)."""
+    """Per language: fidelity, echo/loop/empty shares, clean fidelity (right language AND not degenerate).
+
+    "answers" holds what was counted for each answer, in order, so that a run's
+    answers.jsonl can show why an answer did or did not count as clean.
+    """
     out = {}
     for lang, ans in answers.items():
         detected = ident.batch(ans)
         flags = degeneration(prompts[lang], ans)
         right = [d == lang for d in detected]
-        n = len(ans)
+        clean = [r and not g for r, g in zip(right, flags["degenerate"])]
+        per_answer = [{"detected": d, "echo": e, "loop": lp, "empty": em, "degenerate": g, "clean": c,
+                       "right_language": r}
+                      for d, e, lp, em, g, c, r in zip(detected, flags["echo"], flags["loop"], flags["empty"],
+                                                       flags["degenerate"], clean, right)]
         out[lang] = {
-            "n": n,
-            "fidelity": sum(right) / n,
-            "echo": sum(flags["echo"]) / n,
-            "loop": sum(flags["loop"]) / n,
-            "empty": sum(flags["empty"]) / n,
-            "degenerate": sum(flags["degenerate"]) / n,
-            "clean_fidelity": sum(r and not g for r, g in zip(right, flags["degenerate"])) / n,
+            "n": len(ans),
+            "fidelity": share(right),
+            "echo": share(flags["echo"]),
+            "loop": share(flags["loop"]),
+            "empty": share(flags["empty"]),
+            "degenerate": share(flags["degenerate"]),
+            "clean_fidelity": share(clean),
             "detected": detected,
+            "answers": per_answer,
         }
     return out
-

@@ -1,0 +1,54 @@
+"""score_answers: shares, clean fidelity = right language AND not degenerate, and per-answer records."""
+
+import pytest
+
+from lensml.evaluation.quick import score_answers
+
+
+class ScriptedIdentifier:
+    """Gives each answer the language the test wrote for it, so the test controls language identification."""
+
+    def __init__(self, pairs):
+        self.codes = dict(pairs)
+
+    def batch(self, texts):
+        return [self.codes[t] for t in texts]
+
+
+PROMPT = "怎样让罗勒保持新鲜？"
+
+
+def test_clean_fidelity_needs_right_language_and_no_degeneration():
+    pairs = [
+        ("把罗勒插在一杯清水里，放在阳光不直射的地方，每两天换一次水。", "zh"),  # right, clean
+        ("多浇水。多浇水。多浇水。多浇水。多浇水。", "zh"),  # right, loop
+        (PROMPT, "zh"),  # right, echo (the answer is the prompt)
+        ("Put the basil in a glass of water and keep it out of direct sun.", "en"),  # wrong, clean
+        ("Stir it well. Stir it well. Stir it well. Stir it well.", "en"),  # wrong, loop
+        ("  ", ""),  # nothing identified, empty
+    ]
+    answers = {"zh": [a for a, _ in pairs]}
+    out = score_answers({"zh": [PROMPT] * 6}, answers, ScriptedIdentifier(pairs))["zh"]
+    assert out["n"] == 6
+    assert out["detected"] == ["zh", "zh", "zh", "en", "en", ""]
+    assert out["fidelity"] == pytest.approx(3 / 6)
+    assert out["loop"] == pytest.approx(2 / 6)
+    assert out["echo"] == pytest.approx(1 / 6)
+    assert out["empty"] == pytest.approx(1 / 6)
+    assert out["degenerate"] == pytest.approx(4 / 6)
+    # right AND not degenerate: only the first; "or" would count 4 of 6, right alone 3 of 6
+    assert out["clean_fidelity"] == pytest.approx(1 / 6)
+    records = out["answers"]
+    assert [r["clean"] for r in records] == [True, False, False, False, False, False]
+    assert [r["right_language"] for r in records] == [True, True, True, False, False, False]
+    assert [r["degenerate"] for r in records] == [False, True, True, False, True, True]
+    assert records[1] == {"detected": "zh", "echo": False, "loop": True, "empty": False, "degenerate": True,
+                          "clean": False, "right_language": True}
+    assert records[5]["empty"] and records[2]["echo"] and records[3]["detected"] == "en"
+
+
+def test_per_language_and_empty_list():
+    out = score_answers({"en": ["Hi?"], "zh": []}, {"en": ["Hello, nice to meet you."], "zh": []},
+                        ScriptedIdentifier([("Hello, nice to meet you.", "en")]))
+    assert out["en"]["clean_fidelity"] == 1.0 and out["en"]["answers"][0]["clean"]
+    assert out["zh"]["n"] == 0 and out["zh"]["fidelity"] == 0.0 and out["zh"]["answers"] == []

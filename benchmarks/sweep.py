@@ -1,7 +1,7 @@
 """Sweep training settings on one model: probe once, cache once, train each setting from the same weights.
 
 Why: picking defaults by measurement. Each setting gets the run's own before/after
-check (lensml.evaluation.before_after -> the RunReport's QuickEval): target-language
+check (lensml.evaluation.quick -> the RunReport's QuickEval): target-language
 fidelity, clean fidelity, echo/loop shares, central-language fidelity and the change
 of the base model's own English answers' NLL, on the held-out prompts.
 
@@ -19,7 +19,7 @@ import torch
 
 from lensml.caching import build_cache
 from lensml.config import RunConfig
-from lensml.evaluation import before_after
+from lensml.evaluation import quick
 from lensml.io import dumps, write_text_atomic
 from lensml.losses import LossConfig
 from lensml.methods.lens import train
@@ -31,11 +31,11 @@ from lensml.training import TrainConfig
 LOSS_KEYS = {"lambda1", "lambda3", "retain", "reduction", "detach_central", "lambdas"}
 
 
-def _row(setting, quick, langs) -> dict:
-    row = {"setting": setting, "nll_change": quick.retention.relative_change}
+def _row(setting, q, langs) -> dict:
+    row = {"setting": setting, "nll_change": q.retention.relative_change}
     for lang in langs:
         for key in ("fidelity", "clean_fidelity", "echo", "loop"):
-            row[f"{key}_{lang}"] = getattr(quick.enhanced[lang], key)
+            row[f"{key}_{lang}"] = getattr(q.enhanced[lang], key)
     return row
 
 
@@ -54,8 +54,8 @@ def main() -> None:
     inputs = load_inputs(cfg, probe=True, train=True, held_out=True)
     model, tok, _ = load_model(cfg.model)
     sub = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe)
-    before = before_after.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval)
-    base_quick, _ = before_after.compare(before, before, cfg.eval)
+    before = quick.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval)
+    base_quick, _ = quick.compare(before, before, cfg.eval)
     rows = [{"setting": "base", **{f"{k}_{lang}": getattr(base_quick.base[lang], k) for lang in langs
                                    for k in ("fidelity", "clean_fidelity", "echo", "loop")}, "nll_change": 0.0}]
     print(json.dumps(rows[-1]), flush=True)
@@ -71,9 +71,9 @@ def main() -> None:
         t = time.perf_counter()
         res = train(model, tok, sub, inputs.train_rows, langs, cfg.central, tcfg, cache=caches[key])
         train_s = time.perf_counter() - t
-        after = before_after.answer_after(model, tok, before, cfg.eval)
-        quick, answers = before_after.compare(before, after, cfg.eval)
-        rows.append({**_row(setting, quick, langs), "train_s": round(train_s, 1), "steps": res.steps,
+        after = quick.answer_after(model, tok, before, cfg.eval)
+        scored, answers = quick.compare(before, after, cfg.eval)
+        rows.append({**_row(setting, scored, langs), "train_s": round(train_s, 1), "steps": res.steps,
                      "final_loss": res.final, "answers": answers})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "answers"}), flush=True)
         write_text_atomic(args.json, dumps({"model": args.model, "lang": args.lang, "rows": rows}))

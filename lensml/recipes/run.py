@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lensml import distributed, methods
 from lensml.config import RunConfig
-from lensml.evaluation import before_after
+from lensml.evaluation import quick
 from lensml.io import write_json_atomic, write_jsonl_atomic
 from lensml.methods.base import MethodInputs
 from lensml.models import load_model
@@ -46,7 +46,7 @@ def run(cfg: RunConfig) -> RunReport | None:
                     subspace.save_pretrained(tmp / "subspace")
         if do_eval:
             with stages("eval_base"):
-                before = before_after.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval)
+                before = quick.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval)
         bench = {}
         if do_bench:
             with stages("benchmarks_base"):
@@ -61,8 +61,8 @@ def run(cfg: RunConfig) -> RunReport | None:
         quick_eval = None
         if do_eval:
             with stages("eval_enhanced"):
-                after = before_after.answer_after(model, tok, before, cfg.eval)
-                quick_eval, rows = before_after.compare(before, after, cfg.eval)
+                after = quick.answer_after(model, tok, before, cfg.eval)
+                quick_eval, rows = quick.compare(before, after, cfg.eval)
             write_jsonl_atomic(tmp / "answers.jsonl", rows)
         if do_bench:
             with stages("benchmarks_enhanced"):

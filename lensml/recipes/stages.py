@@ -1,6 +1,6 @@
 """The pieces every recipe shares: timed stages, inputs checked before the model loads, outputs.
 
-A recipe (lensml.recipes.run, .jobs) is a list of these stages in order; each returns a
+A recipe (lensml.recipes.enhance, .jobs) is a list of these stages in order; each returns a
 typed value the next one takes, so nothing re-reads its own output from disk.
 """
 

@@ -122,3 +122,10 @@ def test_divergent_training_writes_nothing(tiny_llama, parallel_data, tmp_path, 
     _fails(["run", *common(tiny_llama, parallel_data), "--out", str(out), "--lr", "1e10", "--train-samples", "8",
             "--train.batch-size", "4"], capsys, "non-finite")
     assert not out.exists() and no_leftovers(tmp_path)
+
+
+def test_unwritable_output_is_refused_before_loading(tiny_llama, parallel_data, capsys, monkeypatch):
+    import lensml.recipes.enhance as recipe
+
+    monkeypatch.setattr(recipe, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded a model")))
+    _fails(["run", *common(tiny_llama, parallel_data), "--out", "/proc/lensml-test/run"], capsys, "cannot write to /proc")

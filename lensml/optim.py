@@ -49,6 +49,11 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One AdamW update; a closure, as torch optimisers take one, re-evaluates the loss first."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -72,7 +77,7 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
                     m_.copy_(m)  # moments: nearest rounding; their error does not accumulate in the weights
                     v_.copy_(v)
                     self._store(w_, w)
-        return None
+        return loss
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float, seed: int = 0):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -20,8 +19,6 @@ from lensml.errors import LensError
 from lensml.models import decoder_of, input_device
 from lensml.subspace import LanguageSubspace
 from lensml.templating import encode_prompts, length_sorted_batches, pad
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

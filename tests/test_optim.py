@@ -46,3 +46,17 @@ def test_matches_torch_adamw_in_fp32_math():
         mine.step()
         ref.step()
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_closure_is_evaluated_and_its_loss_returned():
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    opt = LowPrecisionAdamW([p], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p.float() ** 2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == 3.0 and p.float().sum().item() < 3.0

@@ -1,10 +1,12 @@
 """`lens compare`: result JSONs side by side, shaped like Table 1 of the LENS paper.
 
 Rows are the files (models); columns are each benchmark per language (En | Zh ...),
-then per-language and overall averages of the multiple-choice accuracies, then
-MT-Bench as "score (fidelity %)". A Δ row under each later file gives its
-difference from the first file, so a before/after table reads at a glance.
-Averages only use columns every file has, so the rows stay comparable.
+then per-language and overall averages of the multiple-choice accuracies, then the
+generation benchmarks (MT-Bench) as "score (fidelity %)". A Δ row under each later
+file gives its difference from the first file, so a before/after table reads at a
+glance. Averages only use columns every file has, so the rows stay comparable.
+Column names and kinds come from the benchmark registry; a task lensml does not know
+(a result of a plugin benchmark) keeps its own name and is placed by its mode.
 """
 
 from __future__ import annotations
@@ -13,10 +15,22 @@ import json
 from pathlib import Path
 
 from lensml.errors import LensError
+from lensml.evaluation import benchmarks
+from lensml.evaluation.benchmarks.base import GENERATION
 from lensml.io import write_text_atomic
 
-NAMES = {"xcopa": "XCOPA", "xwinograd": "XWinograd", "xstorycloze": "XStoryCloze", "m_mmlu": "M-MMLU",
-         "mtbench": "MT-Bench"}
+
+def display_name(task: str) -> str:
+    """The registry's display name of a task ("xcopa" -> "XCOPA"); unknown tasks keep their name."""
+    benchmark = benchmarks.find(task)
+    return benchmark.display_name if benchmark is not None else task
+
+
+def _is_generation(task: str, entries: list[dict]) -> bool:
+    benchmark = benchmarks.find(task)
+    if benchmark is not None:
+        return benchmark.kind == GENERATION
+    return any(e.get("mode") == "generate" for e in entries if e["task"] == task)
 
 
 def load_result(path: str | Path) -> dict:
@@ -68,13 +82,20 @@ def comparison_table(paths: list[str | Path]) -> str:
     if not paths:
         raise LensError("lens compare needs at least one result file")
     docs = [load_result(p) for p in paths]
-    labels = [f"{d.get('model', '?')} ({Path(p).name})" for d, p in zip(docs, paths)]
+    return comparison_table_of(docs, [f"{d.get('model', '?')} ({Path(p).name})" for d, p in zip(docs, paths)])
+
+
+def comparison_table_of(docs: list[dict], labels: list[str]) -> str:
+    """The table of result documents already in memory (e.g. a run's base and enhanced), one label per row."""
+    if not docs or len(docs) != len(labels):
+        raise LensError("a comparison needs at least one result and one label per result")
     cells: list[dict[tuple[str, str], dict]] = [{(e["task"], e["language"]): e for e in d["results"]} for d in docs]
     keys = [k for c in cells for k in c]
     tasks = list(dict.fromkeys(t for t, _ in keys))
-    mc_tasks = [t for t in tasks if t != "mtbench"]
-    columns = [(t, lang) for t in mc_tasks for lang in _lang_order([lg for tk, lg in keys if tk == t])]
-    mt_cols = [("mtbench", lang) for lang in _lang_order([lg for tk, lg in keys if tk == "mtbench"])]
+    all_entries = [e for d in docs for e in d["results"]]
+    gen_tasks = [t for t in tasks if _is_generation(t, all_entries)]
+    columns = [(t, lang) for t in tasks if t not in gen_tasks for lang in _lang_order([lg for tk, lg in keys if tk == t])]
+    mt_cols = [(t, lang) for t in gen_tasks for lang in _lang_order([lg for tk, lg in keys if tk == t])]
     shared = [c for c in columns if all(c in cell for cell in cells)]
     avg_langs = _lang_order([lang for _, lang in shared])
 
@@ -87,9 +108,9 @@ def comparison_table(paths: list[str | Path]) -> str:
             row.append(sum(100 * cell[c]["value"] for c in shared) / len(shared))
         return row
 
-    header = [f"{NAMES.get(t, t)} {lang.capitalize()}" for t, lang in columns]
+    header = [f"{display_name(t)} {lang.capitalize()}" for t, lang in columns]
     header += [f"Avg {lang.capitalize()}" for lang in avg_langs] + (["Avg"] if shared else [])
-    header += [f"MT-Bench {lang.capitalize()}" for _, lang in mt_cols]
+    header += [f"{display_name(t)} {lang.capitalize()}" for t, lang in mt_cols]
     lines = ["| Model | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     base = values(cells[0])
     for k, (label, cell) in enumerate(zip(labels, cells)):
@@ -101,7 +122,8 @@ def comparison_table(paths: list[str | Path]) -> str:
             lines.append(f"| Δ vs {labels[0]} | " + " | ".join([_fmt(v, 1, True) for v in delta] + mt) + " |")
     legend = ["", "Accuracy in % (metric 'value' of each result: acc); Avg over the benchmarks every file has."]
     if mt_cols:
-        legend.append("MT-Bench: judge score 1-10 (language fidelity in %); – where no judge was configured.")
+        legend.append(f"{', '.join(display_name(t) for t in gen_tasks)}: judge score 1-10 (language fidelity in %); "
+                      "– where no judge was configured or judging failed.")
     for label, doc in zip(labels, docs):
         modes = sorted({e.get("mode", "?") for e in doc["results"]})
         sizes = ", ".join(f"{e['task']}:{e['language']} n={e.get('n', '?')}" for e in doc["results"])

@@ -6,9 +6,14 @@ for math, reasoning and coding, as FastChat does), prompts read from a FastChat
 `judge_prompts.jsonl`. The rating is read from `[[n]]` (or `[n]`). Only the standard
 library speaks HTTP, so judging needs no extra dependency. The API key comes from an
 environment variable whose *name* is configured; its value is never logged or stored.
-Every judgment is cached on disk under a hash of (judge model, messages), so a rerun
-never pays twice; transient failures (5xx, 429, timeouts) are retried with
-exponential backoff and are not cached.
+Every judgment is cached on disk under a hash of (endpoint, judge model, messages), so
+a rerun never pays twice and switching endpoints never reuses another judge's scores;
+transient failures (5xx, 429, timeouts) are retried with exponential backoff, or after
+the server's Retry-After (capped), and are not cached. Other failures (401, 404, a
+malformed answer) raise JudgeError at once: the caller keeps what it has (MT-Bench
+keeps its answers). An error never repeats the server's reply: a server that echoes
+the request would show the API key; only the status and the JSON `error.message`
+(key redacted, shortened) are reported.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from lensml.data.loaders import iter_jsonl as read_jsonl
 from lensml.errors import LensError
 from lensml.io import write_json_atomic
-from lensml.evaluation.tasks import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,7 @@ _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 #: FastChat grades these categories against a reference answer.
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 REQUIRED_PROMPTS = ("single-v1", "single-v1-multi-turn")
+_DETAIL_CHARS = 120  # longest server message repeated in an error
 
 
 @dataclass
@@ -53,10 +62,26 @@ class JudgeConfig:
     timeout_s: float = field(default=120.0, metadata={"help": "seconds to wait for one judge answer"})
     max_tokens: int = field(default=2048, metadata={"help": "judge answer length limit"})
     cache_dir: str | None = field(default=None, metadata={"help": "judgment cache (default: $LENSML_CACHE/judge)"})
+    retry_after_max_s: float = field(default=60.0, metadata={"help": "longest wait a server's Retry-After may ask for"})
+
+    def __post_init__(self):
+        if bool(self.base_url) != bool(self.model):
+            raise LensError("the judge needs both --judge.base-url and --judge.model (or neither, for no judge)")
+        checks = [("concurrency", self.concurrency >= 1, "1 or more"), ("retries", self.retries >= 0, "0 or more"),
+                  ("max_tokens", self.max_tokens >= 1, "1 or more"), ("backoff_s", self.backoff_s >= 0, "0 or more"),
+                  ("timeout_s", self.timeout_s > 0, "a positive number of seconds"),
+                  ("retry_after_max_s", self.retry_after_max_s >= 0, "0 or more")]
+        for name, ok, fix in checks:
+            if not ok:
+                raise LensError(f"judge.{name} is {getattr(self, name)}: pass --judge.{name.replace('_', '-')} {fix}")
 
     @property
     def enabled(self) -> bool:
         return bool(self.base_url or self.model)
+
+
+class JudgeError(LensError):
+    """The judge endpoint refused or broke in a way retrying cannot fix (401, 404, malformed answer)."""
 
 
 @dataclass
@@ -77,7 +102,7 @@ def load_judge_prompts(path: str | Path) -> dict[str, dict]:
     """FastChat judge prompts by name; the single-answer ones must be there."""
     path = Path(path)
     if not path.is_file():
-        raise LensError(f"judge prompt file {path} does not exist: pass --judge-prompts judge_prompts.jsonl")
+        raise LensError(f"judge prompt file {path} does not exist: pass --judge.prompts judge_prompts.jsonl")
     prompts = {}
     for row, where in read_jsonl(path):
         for key in ("name", "system_prompt", "prompt_template"):
@@ -98,7 +123,7 @@ def find_judge_prompts(near: Path | None) -> Path:
             if (candidate / "judge_prompts.jsonl").is_file():
                 return candidate / "judge_prompts.jsonl"
     raise LensError("the judge needs FastChat's judge prompts and none was found beside the questions: "
-                    "pass --judge-prompts path/to/judge_prompts.jsonl")
+                    "pass --judge.prompts path/to/judge_prompts.jsonl")
 
 
 def judge_messages(prompts: dict[str, dict], category: str, turns: list[str], answers: list[str],
@@ -125,7 +150,54 @@ def judge_messages(prompts: dict[str, dict], category: str, turns: list[str], an
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, wait_s: float | None = None):
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value or not value.strip():
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _public_url(url: str) -> str:
+    """The URL without user:password@, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def error_detail(body: bytes, secrets: list[str]) -> str:
+    """At most the JSON `error.message` (or a string `error`) of a reply, secrets redacted, one short line.
+
+    Anything else the server sent is dropped: a proxy that echoes the request would repeat the key.
+    """
+    try:
+        doc = json.loads(body.decode("utf-8", "replace"))
+    except (json.JSONDecodeError, ValueError):
+        return ""
+    err = doc.get("error") if isinstance(doc, dict) else None
+    message = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
+    if not isinstance(message, str):
+        return ""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "[redacted]")
+    message = re.sub(r"(?i)bearer\s+\S+", "Bearer [redacted]", " ".join(message.split()))
+    return message if len(message) <= _DETAIL_CHARS else message[:_DETAIL_CHARS - 3] + "..."
 
 
 class JudgeClient:
@@ -133,21 +205,23 @@ class JudgeClient:
 
     def __init__(self, cfg: JudgeConfig):
         if not (cfg.base_url and cfg.model):
-            raise LensError("the judge needs both --judge-base-url and --judge-model")
-        if cfg.concurrency < 1:
-            raise LensError(f"--judge-concurrency must be at least 1, got {cfg.concurrency}")
+            raise LensError("the judge needs both --judge.base-url and --judge.model")
         self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.endpoint = cfg.base_url.rstrip("/")
+        self.url = self.endpoint + "/chat/completions"
         self._key = None
+        self._failed: JudgeError | None = None
         if cfg.api_key_env:
             self._key = os.environ.get(cfg.api_key_env)
             if not self._key:
-                raise LensError(f"environment variable {cfg.api_key_env} (--judge-api-key-env) is not set")
+                raise LensError(f"environment variable {cfg.api_key_env} (--judge.api-key-env) is not set")
         from lensml.models import cache_dir
         self.cache = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "judge"
 
     def cache_key(self, messages: list[dict]) -> str:
-        blob = json.dumps({"model": self.cfg.model, "messages": messages}, sort_keys=True, ensure_ascii=False)
+        """Hash of (endpoint, model, messages): another endpoint serving the same model name is another judge."""
+        blob = json.dumps({"endpoint": self.endpoint, "model": self.cfg.model, "messages": messages},
+                          sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def _cached(self, key: str) -> Judgment | None:
@@ -161,8 +235,8 @@ class JudgeClient:
         return Judgment(doc.get("rating"), doc.get("judgment", ""), cached=True)
 
     def _store(self, key: str, judgment: Judgment) -> None:
-        write_json_atomic(self.cache / f"{key}.json",
-                          {"model": self.cfg.model, "judgment": judgment.text, "rating": judgment.rating})
+        write_json_atomic(self.cache / f"{key}.json", {"endpoint": _public_url(self.endpoint), "model": self.cfg.model,
+                                                       "judgment": judgment.text, "rating": judgment.rating})
 
     def _post(self, messages: list[dict]) -> str:
         body = json.dumps({"model": self.cfg.model, "messages": messages, "temperature": 0,
@@ -176,9 +250,13 @@ class JudgeClient:
                 doc = json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as err:
             if err.code >= 500 or err.code == 429:
-                raise _Retryable(f"HTTP {err.code}") from err
-            detail = err.read().decode("utf-8", "replace")[:200]
-            raise LensError(f"judge endpoint {self.url} answered HTTP {err.code}: {detail}") from err
+                raise _Retryable(f"HTTP {err.code}", retry_after_s(err.headers.get("Retry-After"))) from None
+            try:
+                detail = error_detail(err.read(), [self._key or ""])
+            except OSError:
+                detail = ""
+            raise JudgeError(f"judge endpoint {_public_url(self.url)} answered HTTP {err.code}"
+                             + (f": {detail}" if detail else "")) from None
         except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as err:
             raise _Retryable(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from err
         except json.JSONDecodeError as err:
@@ -186,26 +264,33 @@ class JudgeClient:
         try:
             return doc["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as err:
-            raise LensError(f"judge endpoint {self.url} answered without choices[0].message.content") from err
+            raise JudgeError(f"judge endpoint {_public_url(self.url)} answered without choices[0].message.content") from err
 
     def judge(self, messages: list[dict]) -> Judgment:
-        """One judgment: from the cache, or asked with retries (failures come back as error, uncached)."""
+        """One judgment: from the cache, or asked with retries (transient failures come back as error, uncached;
+        others raise JudgeError, and every later request of this client fails at once with the same error)."""
         key = self.cache_key(messages)
         cached = self._cached(key)
         if cached is not None:
             return cached
         delay = self.cfg.backoff_s
         for attempt in range(self.cfg.retries + 1):
+            if self._failed is not None:
+                raise self._failed
             try:
                 text = self._post(messages)
             except _Retryable as err:
                 if attempt == self.cfg.retries:
                     log.warning("judge request failed after %d tries: %s", attempt + 1, err)
                     return Judgment(None, "", error=str(err))
-                log.info("judge request failed (%s); retry in %.1fs", err, delay)
-                time.sleep(delay)
+                wait = delay if err.wait_s is None else min(err.wait_s, self.cfg.retry_after_max_s)
+                log.info("judge request failed (%s); retry in %.1fs", err, wait)
+                time.sleep(wait)
                 delay *= 2
                 continue
+            except JudgeError as err:
+                self._failed = err
+                raise
             judgment = Judgment(parse_rating(text), text)
             self._store(key, judgment)
             return judgment

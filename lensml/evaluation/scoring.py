@@ -27,28 +27,32 @@ from lensml.progress import progress as tqdm
 
 from lensml.errors import LensError
 from lensml.models import input_device
+from lensml.evaluation import benchmarks
+from lensml.evaluation.benchmarks.base import LETTERS, MCItem, MultipleChoiceBenchmark
 from lensml.evaluation.metrics import stderr_of_mean
-from lensml.evaluation.tasks import MCItem
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 
-#: lm-eval's XCOPA connectors (lm_eval/tasks/xcopa/utils.py); English as in its COPA task.
-XCOPA_CONNECTORS: dict[str, tuple[str, str]] = {
-    "en": ("because", "therefore"), "et": ("sest", "seetõttu"), "ht": ("poukisa", "donk sa"),
-    "it": ("perché", "quindi"), "id": ("karena", "maka"), "qu": ("imataq", "chaymi"),
-    "sw": ("kwa sababu", "kwa hiyo"), "zh": ("因为", "所以"), "ta": ("காரணமாக", "எனவே"),
-    "th": ("เพราะ", "ดังนั้น"), "tr": ("çünkü", "bu yüzden"), "vi": ("bởi vì", "vì vậy"),
-}
-LETTERS = "ABCD"
+MODES = ("loglik", "letter")
 
 
 @dataclass
 class ScoringConfig:
     """How multiple-choice items are scored."""
 
-    mode: str = field(default="loglik", metadata={"help": "loglik (lm-eval convention) or letter (LENS: chat template, argmax of option letters)"})
+    mode: str = field(default="loglik", metadata={"help": "loglik (lm-eval convention) or letter (LENS: chat template, argmax of option letters)",
+                                                  "choices": MODES})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward pass"})
     max_length: int = field(default=2048, metadata={"help": "longest input in tokens (cut from the left, as lm-eval)"})
-    add_bos: bool = field(default=False, metadata={"help": "prepend BOS in loglik mode (lm-eval's add_bos_token; off there by default)"})
+    add_bos: bool = field(default=False, metadata={"help": "prepend BOS in loglik mode (lm-eval's add_bos_token, which lm-eval also leaves off)"})
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise LensError(f"unknown scoring mode '{self.mode}': use --scoring.mode loglik or letter")
+        for name in ("batch_size", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LensError(f"scoring.{name} must be a whole number of at least 1, got {value!r}: "
+                                f"pass --scoring.{name.replace('_', '-')} 1 or more")
 
 
 @dataclass
@@ -62,63 +66,21 @@ class ItemResult:
     pred_bytes: int | None = None
 
 
-def _lower_first(text: str) -> str:
-    return text[0].lower() + text[1:]
+def _benchmark(item: MCItem) -> MultipleChoiceBenchmark:
+    benchmark = benchmarks.get(item.task)
+    if not isinstance(benchmark, MultipleChoiceBenchmark):
+        raise LensError(f"task {item.task} is not a multiple-choice task")
+    return benchmark
 
 
 def loglik_requests(item: MCItem) -> tuple[list[tuple[str, str]], list[str]]:
-    """(context, continuation) per choice, and the choice strings lm-eval normalises by."""
-    d = item.doc
-    if item.task == "xcopa":
-        if item.lang not in XCOPA_CONNECTORS:
-            raise LensError(f"no XCOPA connector words for language '{item.lang}': use one of "
-                            f"{', '.join(sorted(XCOPA_CONNECTORS))}")
-        cause, effect = XCOPA_CONNECTORS[item.lang]
-        context = d["premise"].strip()[:-1] + f" {cause if d['question'] == 'cause' else effect}"
-        choices = [_lower_first(d["choice1"]), _lower_first(d["choice2"])]
-        return [(context, " " + c) for c in choices], choices
-    if item.task == "xwinograd":  # lm-eval's "multiple input": the option fills the context, the rest is scored
-        blank = d["sentence"].index("_")
-        target = d["sentence"][blank + 1:].strip()
-        contexts = [d["sentence"][:blank] + d["option1"], d["sentence"][:blank] + d["option2"]]
-        return [(c, " " + target) for c in contexts], contexts
-    if item.task == "xstorycloze":
-        context = " ".join(d[f"input_sentence_{i}"] for i in range(1, 5))
-        choices = [d["sentence_quiz1"], d["sentence_quiz2"]]
-        return [(context, " " + c) for c in choices], choices
-    if item.task == "m_mmlu":
-        context = (f"{d['instruction'].strip()}\nA. {d['option_a']}\nB. {d['option_b']}\n"
-                   f"C. {d['option_c']}\nD. {d['option_d']}\nAnswer:")
-        return [(context, " " + c) for c in LETTERS], list(LETTERS)
-    raise LensError(f"task {item.task} has no log-likelihood prompt")
-
-
-def _options(texts: list[str]) -> str:
-    return "\n".join(f"{LETTERS[i]}. {t}" for i, t in enumerate(texts))
+    """(context, continuation) per choice, and the choice strings lm-eval normalises by (the item's benchmark decides)."""
+    return _benchmark(item).loglik_requests(item)
 
 
 def letter_prompt(item: MCItem) -> tuple[str, int]:
     """The user message of the letter protocol (English instruction, native content) and its option count."""
-    d = item.doc
-    if item.task == "xcopa":
-        relation = "cause" if d["question"] == "cause" else "effect"
-        head = f"Choose the more plausible {relation} of the premise.\n\nPremise: {d['premise']}"
-        texts = [d["choice1"], d["choice2"]]
-    elif item.task == "xwinograd":
-        head = f"Choose the option that correctly fills the blank (_) in the sentence.\n\nSentence: {d['sentence']}"
-        texts = [d["option1"], d["option2"]]
-    elif item.task == "xstorycloze":
-        story = " ".join(d[f"input_sentence_{i}"] for i in range(1, 5))
-        head = f"Choose the most plausible ending of the story.\n\nStory: {story}"
-        texts = [d["sentence_quiz1"], d["sentence_quiz2"]]
-    elif item.task == "m_mmlu":
-        head = f"Answer the following multiple-choice question.\n\nQuestion: {d['instruction'].strip()}"
-        texts = [d["option_a"], d["option_b"], d["option_c"], d["option_d"]]
-    else:
-        raise LensError(f"task {item.task} has no letter prompt")
-    letters = LETTERS[:len(texts)]
-    answer = " or ".join(letters) if len(letters) == 2 else ", ".join(letters[:-1]) + f" or {letters[-1]}"
-    return f"{head}\n{_options(texts)}\n\nAnswer with {answer} only.", len(texts)
+    return _benchmark(item).letter_prompt(item)
 
 
 def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool = False) -> tuple[list[int], list[int]]:

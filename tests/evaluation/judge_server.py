@@ -1,19 +1,28 @@
-"""A local chat-completions endpoint for the judge tests: counts requests, can fail the first ones."""
+"""A local chat-completions endpoint for the judge tests: counts requests, can fail the first ones.
+
+A failing reply can carry extra headers (Retry-After) and a chosen body; with
+`echo_headers` the body repeats the request's headers, as a misconfigured proxy does,
+so tests can check that the client never prints them.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeJudge:
-    """Serves POST /v1/chat/completions on 127.0.0.1 with a fixed reply; `fail_first` requests get a 500."""
+    """Serves POST /v1/chat/completions on 127.0.0.1 with a fixed reply; `fail_first` requests get `status`."""
 
-    def __init__(self, reply: str = "Clear and correct. Rating: [[7]]", fail_first: int = 0, status: int = 500):
+    def __init__(self, reply: str = "Clear and correct. Rating: [[7]]", fail_first: int = 0, status: int = 500,
+                 fail_headers: dict | None = None, fail_body: dict | None = None, echo_headers: bool = False):
         self.reply, self.fail_first, self.status = reply, fail_first, status
+        self.fail_headers, self.fail_body, self.echo_headers = fail_headers or {}, fail_body, echo_headers
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.times: list[float] = []
         self.lock = threading.Lock()
         judge = self
 
@@ -23,19 +32,25 @@ class FakeJudge:
                 with judge.lock:
                     judge.requests.append({"path": self.path, **body})
                     judge.headers.append(dict(self.headers))
+                    judge.times.append(time.monotonic())
                     failing = len(judge.requests) <= judge.fail_first
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": "not found"})
                 elif failing:
-                    self._send(judge.status, {"error": "try later"})
+                    doc = dict(judge.fail_body or {"error": "try later"})
+                    if judge.echo_headers:
+                        doc["request_headers"] = dict(self.headers)
+                    self._send(judge.status, doc, judge.fail_headers)
                 else:
                     self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": judge.reply}}]})
 
-            def _send(self, code: int, doc: dict):
+            def _send(self, code: int, doc: dict, extra: dict | None = None):
                 data = json.dumps(doc).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
 

@@ -69,9 +69,9 @@ def test_configuration_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("LENS_NO_SUCH_KEY", raising=False)
     with pytest.raises(LensError, match="LENS_NO_SUCH_KEY"):
         JudgeClient(JudgeConfig(base_url="http://127.0.0.1:9", model="m", api_key_env="LENS_NO_SUCH_KEY"))
-    with pytest.raises(LensError, match="both --judge-base-url and --judge-model"):
+    with pytest.raises(LensError, match="both --judge.base-url and --judge.model"):
         JudgeClient(JudgeConfig(base_url="http://127.0.0.1:9"))
-    with pytest.raises(LensError, match="pass --judge-prompts"):
+    with pytest.raises(LensError, match="pass --judge.prompts"):
         find_judge_prompts(tmp_path / "question.jsonl")
     with pytest.raises(LensError, match="does not exist"):
         load_judge_prompts(tmp_path / "judge_prompts.jsonl")

@@ -4,9 +4,12 @@ import pytest
 
 from lensml.cli import main
 from lensml.errors import LensError
-from lensml.evaluation import mtbench
+from lensml.evaluation.benchmarks import mtbench
+from lensml.evaluation.benchmarks.base import GenerationConfig
 from lensml.evaluation.compare import comparison_table
-from lensml.evaluation.suite import evaluate
+from lensml.evaluation.judge import JudgeConfig
+from lensml.evaluation.scoring import ScoringConfig
+from lensml.evaluation.suite import EvalConfig, evaluate
 from tests.evaluation.judge_server import FakeJudge
 
 
@@ -34,7 +37,8 @@ def test_turn_two_carries_the_conversation(tiny, fixtures, monkeypatch):
 
 def test_evaluate_without_judge_reports_no_score(tiny, fixtures, tmp_path):
     model, tok = tiny
-    doc = evaluate(model, tok, "tiny", _tasks(fixtures), tmp_path / "eval", max_new_tokens=4, limit=3)
+    cfg = EvalConfig(tasks=_tasks(fixtures), limit=3, generation=GenerationConfig(max_new_tokens=4))
+    doc = evaluate(model, tok, "tiny", cfg, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["results"] == json.loads(json.dumps(doc["results"]))
     xcopa, wino, mt = doc["results"]
@@ -45,24 +49,23 @@ def test_evaluate_without_judge_reports_no_score(tiny, fixtures, tmp_path):
         assert 0.0 <= mt[key] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "eval" / "results.mtbench_zh.answers.jsonl").open()]
     assert len(rows) == 3 and len(rows[0]["choices"][0]["turns"]) == 2 and len(rows[0]["langid"]) == 2
-    assert doc["versions"]["torch"] and doc["options"]["judge_api_key_env"] is None
+    assert doc["versions"]["torch"] and doc["options"]["judge"]["api_key_env"] is None
     with pytest.raises(LensError, match="already exists"):
-        evaluate(model, tok, "tiny", _tasks(fixtures), tmp_path / "eval", max_new_tokens=4, limit=3)
-    with pytest.raises(LensError, match="unknown evaluation option"):
-        evaluate(model, tok, "tiny", _tasks(fixtures), tmp_path / "other", max_new_tokens=4, judge_url="x")
+        evaluate(model, tok, "tiny", cfg, tmp_path / "eval")
 
 
 def test_evaluate_with_judge_scores_and_caches(tiny, fixtures, tmp_path):
     model, tok = tiny
     spec = f"mtbench:zh@{fixtures / 'mt-bench' / 'zh' / 'question.jsonl'}"
     with FakeJudge(reply="Fine. Rating: [[6]]", fail_first=1) as server:
-        options = dict(max_new_tokens=4, judge_base_url=server.base_url, judge_model="judge-1",
-                       judge_cache=str(tmp_path / "cache"), judge_backoff_s=0.01)
-        doc = evaluate(model, tok, "tiny", spec, tmp_path / "a", **options)
+        cfg = EvalConfig(tasks=spec, generation=GenerationConfig(max_new_tokens=4),
+                         judge=JudgeConfig(base_url=server.base_url, model="judge-1", cache_dir=str(tmp_path / "cache"),
+                                           backoff_s=0.01))
+        doc = evaluate(model, tok, "tiny", cfg, tmp_path / "a")
         mt = doc["results"][0]
         assert mt["judged"] is True and mt["score"] == 6.0 and mt["metric"] == "score" and mt["n_rated"] == 6
         assert len(server.requests) == 7  # 3 questions x 2 turns, plus the retried 500
-        again = evaluate(model, tok, "tiny", spec, tmp_path / "b", **options)["results"][0]
+        again = evaluate(model, tok, "tiny", cfg, tmp_path / "b")["results"][0]
         assert again["score"] == 6.0 and again["n_cached"] == 6 and len(server.requests) == 7
 
 
@@ -98,7 +101,7 @@ def test_compare_table_shape_and_deltas(tmp_path):
 def test_cli_eval_and_compare_end_to_end(tiny_llama, fixtures, tmp_path, capsys):
     out = tmp_path / "eval" / "base.json"
     args = ["eval", "--model", str(tiny_llama), "--tasks", _tasks(fixtures), "--out", str(out),
-            "--max-new-tokens", "4", "--limit", "2"]
+            "--generation.max-new-tokens", "4", "--limit", "2"]
     assert main(args) == 0
     doc = json.loads(out.read_text())
     assert [(r["task"], r["n"]) for r in doc["results"]] == [("xcopa", 2), ("xwinograd", 2), ("mtbench", 2)]
@@ -106,7 +109,7 @@ def test_cli_eval_and_compare_end_to_end(tiny_llama, fixtures, tmp_path, capsys)
     assert "xcopa:zh loglik n=2: acc" in capsys.readouterr().out
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
     letter = tmp_path / "eval" / "letter.json"
-    assert main(args[:-5] + [str(letter), "--mode", "letter", "--limit", "2", "--max-new-tokens", "4"]) == 0
+    assert main(args[:-5] + [str(letter), "--scoring.mode", "letter", "--limit", "2", "--generation.max-new-tokens", "4"]) == 0
     assert json.loads(letter.read_text())["results"][0]["mode"] == "letter"
     capsys.readouterr()
     table = tmp_path / "table.md"
@@ -123,5 +126,5 @@ def test_data_dir_from_environment(tiny, fixtures, tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     (folder / "val.zh.jsonl").write_bytes((fixtures / "xcopa" / "val.zh.jsonl").read_bytes())
     monkeypatch.setenv("LENSML_EVAL_DATA", str(tmp_path / "data"))
-    doc = evaluate(model, tok, "tiny", "xcopa:zh", tmp_path / "out", mode="letter")
+    doc = evaluate(model, tok, "tiny", EvalConfig(tasks="xcopa:zh", scoring=ScoringConfig(mode="letter")), tmp_path / "out")
     assert doc["results"][0]["source"] == str(folder / "val.zh.jsonl") and doc["results"][0]["n"] == 4

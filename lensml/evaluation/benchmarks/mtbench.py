@@ -8,6 +8,11 @@ fooled by a model that echoes a Chinese question back, so echo, loop, empty and
 distinct-n are reported beside it, and "clean fidelity" counts only answers in the
 right language that are not degenerate. No judge configured means no score:
 the result says `"judged": false` and carries fidelity only.
+
+The answers file is written before the judge is asked, and a judge that refuses
+(401, 404, malformed replies) leaves the answers and the fidelity results in place:
+the entry says `"judged": false` with `judge_error`, and `lens eval` exits non-zero
+naming the saved answers, so generation time is never thrown away.
 """
 
 from __future__ import annotations
@@ -15,21 +20,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from lensml.errors import LensError
-from lensml.evaluation.metrics import share, stderr_of_mean
-from lensml.io import write_jsonl_atomic
+from lensml.evaluation.benchmarks.base import GenerationBenchmark, GenerationConfig, HubSource, RunContext, TaskSpec
 from lensml.evaluation.degeneration import degeneration, distinct_n
 from lensml.evaluation.generation import generate_answers
-from lensml.evaluation.judge import JudgeClient, JudgeConfig, find_judge_prompts, judge_messages, load_judge_prompts
-from lensml.evaluation.tasks import TaskSpec, data_path, hub_rows, read_jsonl, resolve_local, sample_indices
+from lensml.evaluation.judge import (JudgeClient, JudgeConfig, JudgeError, find_judge_prompts, judge_messages,
+                                     load_judge_prompts)
+from lensml.evaluation.metrics import share, stderr_of_mean
+from lensml.evaluation.tasks import data_path, resolve_local, sample_indices, source_rows
+from lensml.io import write_jsonl_atomic
+
+__all__ = ["MTBench", "Question", "GenerationConfig", "TaskSpec", "load_questions", "answer_questions",
+           "fidelity_summary", "judge_answers"]
 
 log = logging.getLogger(__name__)
-
-HUB_QUESTIONS = "HuggingFaceH4/mt_bench_prompts"
 
 
 @dataclass
@@ -39,15 +47,6 @@ class Question:
     turns: list[str]
     reference: list[str] | None
     where: str
-
-
-@dataclass
-class GenerationConfig:
-    """Greedy answering of MT-Bench turns."""
-
-    max_new_tokens: int = field(default=1024, metadata={"help": "tokens per MT-Bench answer (FastChat: 1024)"})
-    batch_size: int = field(default=8, metadata={"help": "conversations per generation batch"})
-    max_length: int = field(default=4096, metadata={"help": "longest conversation prompt in tokens (cut from the left)"})
 
 
 def _question(row: dict, where: str) -> Question:
@@ -65,16 +64,8 @@ def _question(row: dict, where: str) -> Question:
 
 def load_questions(spec: TaskSpec, limit: int | None = 1000, seed: int = 1234,
                    data_dir: str | None = None) -> tuple[list[Question], str, Path | None]:
-    """Questions from a FastChat question.jsonl (file or folder) or the Hub (English only)."""
-    local = data_path(spec, data_dir)
-    if local is not None:
-        path = resolve_local(spec, local)
-        rows, source = read_jsonl(path), str(path)
-    else:
-        if spec.lang != "en":
-            raise LensError(f"the Hub has MT-Bench questions in English only: pass mtbench:{spec.lang}@path/to/question.jsonl")
-        path = None
-        rows, source = hub_rows(HUB_QUESTIONS, None, "train", str(spec)), f"hf:{HUB_QUESTIONS}"
+    """Questions from a FastChat question.jsonl (file or folder) or the Hub (English only), and the local file."""
+    rows, source, path = source_rows(spec, data_dir)
     questions = [_question(row, where) for row, where in rows]
     if not questions:
         raise LensError(f"{source}: no questions (empty file?)")
@@ -141,43 +132,78 @@ def judge_answers(judge_cfg: JudgeConfig, questions: list[Question], answers: li
     return summary, per_question
 
 
-def run_mtbench(model, tokenizer, model_name: str, spec: TaskSpec, answers_path: Path, *,
-                gen: GenerationConfig, identify: Callable[[str], str], glotlid: Callable[[str], str] | None = None,
-                judge: JudgeConfig | None = None, limit: int | None = 1000, seed: int = 1234,
-                data_dir: str | None = None) -> dict:
-    """Answer, score and (when a judge is configured) judge MT-Bench in one language; returns the result entry."""
-    t0 = time.perf_counter()
-    questions, source, question_file = load_questions(spec, limit, seed, data_dir)
-    t_load = time.perf_counter()
-    answers = answer_questions(model, tokenizer, questions, gen)
-    t_gen = time.perf_counter()
-    summary, details = fidelity_summary(spec.lang, questions, answers, identify)
-    if glotlid is not None:
-        extra, extra_details = fidelity_summary(spec.lang, questions, answers, glotlid, suffix="_glotlid")
-        summary.update(extra)
-        details.update(extra_details)
-    t_fid = time.perf_counter()
-    ratings: list[list[float | None]] | None = None
-    if judge is not None and judge.enabled:
-        judged, ratings = judge_answers(judge, questions, answers, question_file)
-        summary.update(judged)
-    else:
-        summary.update(judged=False, note="no judge configured (--judge-base-url, --judge-model): no score is reported")
-    t_judge = time.perf_counter()
-    rows = []
-    for k, (q, a) in enumerate(zip(questions, answers)):
-        row = {"question_id": q.question_id, "model_id": model_name, "category": q.category, "lang": spec.lang,
-               "turns": q.turns, "choices": [{"index": 0, "turns": a}], "tstamp": time.time()}
-        row.update({key: values[2 * k:2 * k + 2] for key, values in details.items()})
-        if ratings is not None:
-            row["ratings"] = ratings[k]
-        rows.append(row)
-    write_jsonl_atomic(answers_path, rows)
-    judged = summary.get("judged") and summary.get("score") is not None
-    return {"task": "mtbench", "language": spec.lang, "mode": "generate", "n": len(questions),
-            "metric": "score" if judged else "fidelity",
-            "value": summary["score"] if judged else summary["fidelity"],
-            "stderr": summary["score_stderr"] if judged else summary["fidelity_stderr"],
-            **summary, "source": source, "answers_file": answers_path.name, "max_new_tokens": gen.max_new_tokens,
-            "timings_s": {"load": t_load - t0, "generate": t_gen - t_load, "langid": t_fid - t_gen,
-                          "judge": t_judge - t_fid, "total": time.perf_counter() - t0}}
+class MTBench(GenerationBenchmark):
+    name = "mtbench"
+    display_name = "MT-Bench"
+    aliases = ("mt-bench", "mt_bench")
+    hub = HubSource("HuggingFaceH4/mt_bench_prompts", "train", per_language=False, languages=("en",))
+    extensions = (".jsonl",)
+    data_dir_name = "mt-bench"
+    preferred_file = "question.jsonl"
+
+    def prepare(self, spec: TaskSpec, ctx: RunContext) -> None:
+        """Language identifiers, and a configured judge's prompts and key, are checked before any model time."""
+        ctx.identify, ctx.glotlid  # noqa: B018 (built now so a missing backend fails first)
+        judge = ctx.cfg.judge
+        if judge.enabled:
+            local = data_path(spec, ctx.cfg.data_dir)
+            question_file = resolve_local(spec, local) if local is not None else None
+            load_judge_prompts(judge.prompts or find_judge_prompts(question_file))
+            JudgeClient(judge)
+
+    def run(self, model, tokenizer, spec: TaskSpec, ctx: RunContext) -> dict:
+        """Answer, score and (when a judge is configured) judge MT-Bench in one language; returns the result entry."""
+        cfg = ctx.cfg
+        t0 = time.perf_counter()
+        questions, source, question_file = load_questions(spec, cfg.limit, cfg.seed, cfg.data_dir)
+        t_load = time.perf_counter()
+        answers = answer_questions(model, tokenizer, questions, cfg.generation)
+        t_gen = time.perf_counter()
+        summary, details = fidelity_summary(spec.lang, questions, answers, ctx.identify)
+        if ctx.glotlid is not None:
+            extra, extra_details = fidelity_summary(spec.lang, questions, answers, ctx.glotlid, suffix="_glotlid")
+            summary.update(extra)
+            details.update(extra_details)
+        t_fid = time.perf_counter()
+        answers_path = ctx.path(spec, "answers.jsonl")
+        rows = []
+        for k, (q, a) in enumerate(zip(questions, answers)):
+            row = {"question_id": q.question_id, "model_id": ctx.model_name, "category": q.category, "lang": spec.lang,
+                   "turns": q.turns, "choices": [{"index": 0, "turns": a}], "tstamp": time.time()}
+            row.update({key: values[2 * k:2 * k + 2] for key, values in details.items()})
+            rows.append(row)
+        write_jsonl_atomic(answers_path, rows)  # before the judge: a judge failure never loses the answers
+        if cfg.judge.enabled:
+            try:
+                judged, ratings = judge_answers(cfg.judge, questions, answers, question_file)
+            except JudgeError as err:
+                log.warning("%s: judging failed (%s); the answers are kept in %s", spec, err, answers_path)
+                summary.update(judged=False, judge_model=cfg.judge.model, judge_error=str(err),
+                               note=f"judging failed ({err}): no score is reported; answers in {answers_path.name}")
+            else:
+                summary.update(judged)
+                for row, pair in zip(rows, ratings):
+                    row["ratings"] = pair
+                write_jsonl_atomic(answers_path, rows)
+        else:
+            summary.update(judged=False, note="no judge configured (--judge.base-url, --judge.model): no score is reported")
+        t_judge = time.perf_counter()
+        judged = summary.get("judged") and summary.get("score") is not None
+        return {"task": self.name, "language": spec.lang, "mode": "generate", "n": len(questions),
+                "metric": "score" if judged else "fidelity",
+                "value": summary["score"] if judged else summary["fidelity"],
+                "stderr": summary["score_stderr"] if judged else summary["fidelity_stderr"],
+                **summary, "source": source, "answers_file": answers_path.name,
+                "max_new_tokens": cfg.generation.max_new_tokens,
+                "timings_s": {"load": t_load - t0, "generate": t_gen - t_load, "langid": t_fid - t_gen,
+                              "judge": t_judge - t_fid, "total": time.perf_counter() - t0}}
+
+    def describe(self, entry: dict) -> str:
+        pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
+        if entry.get("judged") and entry.get("score") is not None:
+            score = f"score {entry['score']:.2f}"
+        else:
+            score = "judging failed" if entry.get("judge_error") else "not judged"
+        return (f"{entry['task']}:{entry['language']} n={entry['n']}: {score}; fidelity {pct(entry['fidelity'])}%, "
+                f"clean {pct(entry['clean_fidelity'])}%, echo {pct(entry['echo'])}%, loop {pct(entry['loop'])}%, "
+                f"empty {pct(entry['empty'])}%")

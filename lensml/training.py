@@ -194,8 +194,10 @@ def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, m
                 log.debug("step %d %s", result.steps, fmt_terms(logged))
     finally:
         bar.close()
-    with torch.no_grad():
-        _check_finite(micro_step(list(range(min(n_items, micro))), None), "with the trained weights")
+    check_idx = distributed.my_share(list(range(n_items)))[:micro]  # items this process holds
+    if check_idx:
+        with torch.no_grad():
+            _check_finite(micro_step(check_idx, None), "with the trained weights")
     if not all(torch.isfinite(p).all() for p in params):
         raise LensError("training produced non-finite weights: lower --lr")
     result.timings_s["steps"] = time.perf_counter() - t0

@@ -29,7 +29,7 @@ def test_two_processes_match_one(tiny_llama, parallel_data, tmp_path):
            "--master_port", str(_free_port()), "-m", "lensml.cli", *train_args, "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    one, two = load_file(tmp_path / "one" / "model" / "model.safetensors"), load_file(tmp_path / "two" / "model" / "model.safetensors")
     base = load_file(tiny_llama / "model.safetensors")
     moved = 0
     for k in one:

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="greedy tokens per answer (default: 128)")
     p.set_defaults(func=cmd_chat)
     from lensml.evaluation.cli import add_eval_commands
-    add_eval_commands(sub)
+    add_eval_commands(sub, parents=[verbose])
     return parser
 
 

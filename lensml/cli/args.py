@@ -72,34 +72,55 @@ def _fmt_default(value) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str], only: set[str] | None = None,
-                         cls=RunConfig) -> None:
-    """One flag per leaf option of cls whose section is listed (and, if given, whose name is in only)."""
-    groups = {s: parser.add_argument_group(SECTIONS[s]) for s in sections}
-    parser.add_argument("--config", metavar="YAML", help="YAML file with any of the options below (flags win)")
-    for dotted, tp, default, f in iter_fields(cls):
-        section = section_of(dotted, f)
+                         cls=RunConfig, tag: str = "run", prefix: str = "", titles: dict[str, str] | None = None,
+                         sectioner=None, hidden: dict[str, str] | None = None, config_file: bool = True) -> None:
+    """One flag per leaf option of cls whose section is listed (and, in the data section, whose name is in only).
+
+    prefix is put before every dotted name (ModelConfig under "model." gives --model.device);
+    hidden maps extra accepted-but-unlisted spellings (older flags) to dotted names.
+    """
+    titles = titles or SECTIONS
+    sectioner = sectioner or section_of
+    groups = {s: parser.add_argument_group(titles[s]) for s in sections}
+    if config_file:
+        parser.add_argument("--config", metavar="YAML", help="YAML file with any of the options below (flags win)")
+    types = {}
+    for name, tp, default, f in iter_fields(cls):
+        dotted = prefix + name
+        types[name] = tp
+        section = sectioner(dotted, f)
         if section not in groups or (only is not None and dotted not in only and section == "data"):
             continue
         help_text = f.metadata.get("help", "")
         if "default" not in help_text:
             help_text += f" (default: {_fmt_default(default)})"
         names = ["--" + dotted.replace("_", "-"), *ALIASES.get(dotted, [])]
-        kwargs = dict(dest=PREFIX + dotted, default=argparse.SUPPRESS, help=help_text)
-        group = groups[section]
+        hidden_names = ["--" + dotted] if "_" in dotted else []
+        _add(parser, groups[section], names, hidden_names, f"{PREFIX}{tag}:{name}", tp, help_text,
+             f.metadata.get("choices"), dotted)
+    for old, name in (hidden or {}).items():
+        _add(parser, None, [], ["--" + old.replace("_", "-")], f"{PREFIX}{tag}:{name}", types[name], "", None, name)
+
+
+def _add(parser, group, names, hidden_names, dest, tp, help_text, choices, dotted) -> None:
+    common = dict(dest=dest, default=argparse.SUPPRESS)
+    if names:
         if tp is bool:
-            group.add_argument(*names, action=Switch, **kwargs)
-            if "_" in dotted:
-                parser.add_argument("--" + dotted, action=Switch, dest=PREFIX + dotted,
-                                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-            continue
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(*names, metavar=dotted.split(".")[-1].upper(), **kwargs)
-        if "_" in dotted:
-            parser.add_argument("--" + dotted, dest=PREFIX + dotted, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            group.add_argument(*names, action=Switch, help=help_text, **common)
+        else:
+            group.add_argument(*names, metavar=dotted.split(".")[-1].upper(), help=help_text, choices=choices, **common)
+    if hidden_names:
+        if tp is bool:
+            parser.add_argument(*hidden_names, action=Switch, help=argparse.SUPPRESS, **common)
+        else:
+            parser.add_argument(*hidden_names, help=argparse.SUPPRESS, **common)
 
 
-def config_from(args: argparse.Namespace, cls=RunConfig):
+def overrides_of(args: argparse.Namespace, tag: str = "run") -> dict[str, object]:
+    head = f"{PREFIX}{tag}:"
+    return {k[len(head):]: v for k, v in vars(args).items() if k.startswith(head)}
+
+
+def config_from(args: argparse.Namespace, cls=RunConfig, tag: str = "run"):
     """Defaults, then --config YAML, then the flags that were given."""
-    overrides = {k[len(PREFIX):]: v for k, v in vars(args).items() if k.startswith(PREFIX)}
-    return load_config(getattr(args, "config", None), overrides, cls)
+    return load_config(getattr(args, "config", None), overrides_of(args, tag), cls)

@@ -1,4 +1,7 @@
-"""`lens compare`: result JSONs side by side, shaped like Table 1 of the LENS paper.
+"""`lens compare`: result JSONs and runs side by side, shaped like Table 1 of the LENS paper.
+
+A run folder (or its report.json) of `lens run --eval-tasks` counts as two rows: its
+base and its enhanced model, read from the RunReport.
 
 Rows are the files (models); columns are each benchmark per language (En | Zh ...),
 then per-language and overall averages of the multiple-choice accuracies, then the
@@ -33,24 +36,54 @@ def _is_generation(task: str, entries: list[dict]) -> bool:
     return any(e.get("mode") == "generate" for e in entries if e["task"] == task)
 
 
-def load_result(path: str | Path) -> dict:
-    """A `lens eval` result, or the report.json of `lens run --eval-tasks` (its eval_tasks part)."""
+def _check_result(doc, where: str) -> dict:
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise LensError(f"{where} is not a lens eval result (no 'results' list)")
+    for i, entry in enumerate(doc["results"]):
+        for key in ("task", "language", "value"):
+            if key not in entry:
+                raise LensError(f"{where}: result {i} has no '{key}'")
+    return doc
+
+
+def load_results(path: str | Path) -> list[tuple[str, dict]]:
+    """(label, result) pairs of a `lens eval` result file, or of a run (its folder or report.json).
+
+    A run gives two rows, its base and its enhanced model, read from the RunReport; a run
+    without --eval-tasks has no benchmark results and is refused with a clear message.
+    """
+    from lensml.report import RunReport
+
     path = Path(path)
+    if path.is_dir() or (path.is_file() and _is_report(path)):
+        report = RunReport.load(path)
+        if not report.benchmarks:
+            raise LensError(f"run {path} has no benchmark results: run it with --eval-tasks, or `lens eval` its model")
+        name = path.name if path.is_dir() else path.parent.name
+        return [(f"{report.model} ({name}: {side})", _check_result(doc, f"{path} ({side})"))
+                for side, doc in report.benchmarks.items()]
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise LensError(f"result file {path} does not exist") from err
-    except json.JSONDecodeError as err:
-        raise LensError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
-    if isinstance(doc, dict) and "results" not in doc and isinstance(doc.get("eval_tasks"), dict):
-        doc = doc["eval_tasks"]
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise LensError(f"{path} is not a lens eval result (no 'results' list)")
-    for i, entry in enumerate(doc["results"]):
-        for key in ("task", "language", "value"):
-            if key not in entry:
-                raise LensError(f"{path}: result {i} has no '{key}'")
-    return doc
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LensError(f"{path} is not valid JSON: point at a lens eval result or a run folder") from err
+    return [(f"{doc.get('model', '?')} ({path.name})", _check_result(doc, str(path)))]
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        return "schema_version" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def load_result(path: str | Path) -> dict:
+    """A single `lens eval` result document."""
+    rows = load_results(path)
+    if len(rows) != 1:
+        raise LensError(f"{path} holds {len(rows)} results (a run): use load_results")
+    return rows[0][1]
 
 
 def _lang_order(langs: list[str]) -> list[str]:
@@ -80,9 +113,9 @@ def _mt_cell(entry: dict | None, base: dict | None = None) -> str:
 def comparison_table(paths: list[str | Path]) -> str:
     """The Markdown table (with a short legend) comparing the given result files."""
     if not paths:
-        raise LensError("lens compare needs at least one result file")
-    docs = [load_result(p) for p in paths]
-    return comparison_table_of(docs, [f"{d.get('model', '?')} ({Path(p).name})" for d, p in zip(docs, paths)])
+        raise LensError("lens compare needs at least one result file or run folder")
+    rows = [row for p in paths for row in load_results(p)]
+    return comparison_table_of([doc for _, doc in rows], [label for label, _ in rows])
 
 
 def comparison_table_of(docs: list[dict], labels: list[str]) -> str:

@@ -32,7 +32,7 @@ def run(cfg: RunConfig) -> RunReport | None:
     check_output(out, cfg.overwrite)
     stages = Stages()
     do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
-    do_bench = bool(getattr(cfg.benchmarks, "tasks", None)) and distributed.is_main()
+    do_bench = bool(cfg.benchmarks.tasks) and distributed.is_main()
     with stages("data"):
         inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval)
     with output_dir(out, cfg.overwrite) as tmp:

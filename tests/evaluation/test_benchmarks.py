@@ -9,7 +9,10 @@ from lensml.errors import LensError
 from lensml.evaluation import benchmarks
 from lensml.evaluation.benchmarks.base import (GENERATION, GenerationBenchmark, GenerationConfig, HubSource, MCItem,
                                                MultipleChoiceBenchmark, letter_message, text_field)
-from lensml.evaluation.cli import add_config_flags, build_config, format_results
+from lensml.cli import build_parser
+from lensml.cli.args import overrides_of
+from lensml.config import load_config
+from lensml.evaluation.cli import format_results
 from lensml.evaluation.compare import comparison_table
 from lensml.evaluation.scoring import ScoringConfig
 from lensml.evaluation.suite import EvalConfig, evaluate
@@ -114,20 +117,22 @@ def test_evaluate_needs_tasks(tiny, tmp_path):
 
 def test_cli_flags_come_from_the_nested_config(monkeypatch):
     monkeypatch.delenv("LENSML_EVAL_DATA", raising=False)
-    parser = argparse.ArgumentParser()
-    add_config_flags(parser, EvalConfig)
-    args = parser.parse_args(["--limit", "5", "--scoring.mode", "letter", "--judge.base-url", "http://j/v1",
-                              "--judge.model", "m", "--judge.timeout-s", "9.5", "--no-save-samples",
-                              "--scoring.add-bos", "--generation.batch-size", "2"])
-    cfg = build_config(EvalConfig, {d: v for d, v in vars(args).items()})
+    parser = build_parser()
+
+    def config(*flags):
+        return load_config(None, overrides_of(parser.parse_args(["eval", "--out", "r.json", *flags]), "eval"), EvalConfig)
+
+    cfg = config("--limit", "5", "--scoring.mode", "letter", "--judge.base-url", "http://j/v1",
+                 "--judge.model", "m", "--judge.timeout-s", "9.5", "--no-save-samples",
+                 "--scoring.add-bos", "--generation.batch-size", "2")
     assert (cfg.limit, cfg.scoring.mode, cfg.scoring.add_bos, cfg.save_samples) == (5, "letter", True, False)
     assert (cfg.judge.base_url, cfg.judge.model, cfg.judge.timeout_s, cfg.generation.batch_size) == ("http://j/v1", "m", 9.5, 2)
-    old = parser.parse_args(["--mode", "letter", "--max-new-tokens", "3", "--judge-base-url", "u", "--judge-model", "m",
-                             "--judge-cache", "/c", "--gen-batch-size", "4", "--add-bos"])
-    cfg = build_config(EvalConfig, vars(old))
+    cfg = config("--mode", "letter", "--max-new-tokens", "3", "--judge-base-url", "u", "--judge-model", "m",
+                 "--judge-cache", "/c", "--gen-batch-size", "4", "--add-bos")
     assert (cfg.scoring.mode, cfg.generation.max_new_tokens, cfg.generation.batch_size) == ("letter", 3, 4)
     assert (cfg.judge.base_url, cfg.judge.cache_dir, cfg.scoring.add_bos) == ("u", "/c", True)
-    help_text = parser.format_help()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["eval"]
+    help_text = sub.format_help()
     assert "--judge.base-url" in help_text and "--judge-base-url" not in help_text and "--save-samples" in help_text
     with pytest.raises(LensError, match="judge.base-url and --judge.model"):
-        build_config(EvalConfig, vars(parser.parse_args(["--judge.model", "m"])))
+        config("--judge.model", "m")

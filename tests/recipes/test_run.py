@@ -62,6 +62,11 @@ def test_run_end_to_end(tiny_llama, parallel_data, tmp_path, capsys):
     assert {"detected", "echo", "loop", "empty"} <= set(answers[0]["base_check"])
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert no_leftovers(tmp_path)
+    # lens compare reads the run itself: two rows, base and enhanced, from the RunReport.
+    capsys.readouterr()
+    assert main(["compare", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert "(run: base)" in rows[2] and "(run: enhanced)" in rows[3] and rows[4].startswith("| Δ vs")
 
 
 def test_probe_train_chat_share_the_run_layout(tiny_gemma3, parallel_data, tmp_path, capsys):

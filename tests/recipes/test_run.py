@@ -66,7 +66,7 @@ def test_run_end_to_end(tiny_llama, parallel_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(out)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert "(run: base)" in rows[2] and "(run: enhanced)" in rows[3] and rows[4].startswith("| Δ vs")
+    assert "(run: base)" in rows[1] and "(run: enhanced)" in rows[2] and rows[3].startswith("| Δ vs")
 
 
 def test_probe_train_chat_share_the_run_layout(tiny_gemma3, parallel_data, tmp_path, capsys):

@@ -30,7 +30,7 @@ def plot_run(report: RunReport, history: list[dict], path: Path) -> bool:
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set_title(f"{report.method or 'training'} loss terms")
+    ax.set_title(f"loss terms ({report.method or 'training'})")
     ax.legend()
     if has_eval:
         ax = axes[0][1]

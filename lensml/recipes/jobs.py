@@ -72,9 +72,11 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
         if subspace is not None:
             text = model.config.get_text_config()
             subspace.check_compatible(text.hidden_size, text.num_hidden_layers, cfg.langs, cfg.central)
-            check_model = getattr(subspace, "check_model", None)
-            if check_model is not None:
-                check_model(name)
+            probed_on = subspace.metadata.get("model")
+            if probed_on and probed_on != name:
+                log.warning("the subspace was probed on %s, but the model trained is %s: directions probed on "
+                            "another model rarely fit; probe this model (lens probe) unless they share weights",
+                            probed_on, name)
         with stages("train"):
             result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace),
                                   cfg.train, log_path=tmp / "losses.jsonl")

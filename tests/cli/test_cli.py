@@ -129,3 +129,13 @@ def test_unwritable_output_is_refused_before_loading(tiny_llama, parallel_data, 
 
     monkeypatch.setattr(recipe, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded a model")))
     _fails(["run", *common(tiny_llama, parallel_data), "--out", "/proc/lensml-test/run"], capsys, "cannot write to /proc")
+
+
+def test_subspace_of_another_model_warns(tiny_llama, parallel_data, tmp_path, caplog):
+    sub_dir = tmp_path / "sub"
+    LanguageSubspace.fit(torch.randn(4, 2, 32, dtype=torch.float64), ["en", "zh"], "en",
+                         metadata={"model": "org/other-model"}).save_pretrained(sub_dir)
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--model", str(tiny_llama), "--subspace", str(sub_dir), "--train-data",
+                     str(parallel_data), "--langs", "zh", "--out", str(tmp_path / "m")]) == 0
+    assert any("org/other-model" in r.message and str(tiny_llama) in r.message for r in caplog.records)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lensml.errors import LensError
+from lensml.io import dumps, staged_dir
 
 WEIGHTS = "subspace.safetensors"
 CONFIG = "subspace_config.json"
@@ -107,31 +107,40 @@ class LanguageSubspace:
                             f"asked for {','.join(languages)} with central '{central}': probe these languages")
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write safetensors + JSON atomically (a temporary folder renamed when complete)."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-        try:
+        """Write safetensors + JSON atomically: a temporary folder swapped in only when complete."""
+        with staged_dir(directory, overwrite=True) as tmp:
             save_file({"means": self.means.contiguous(), "agnostic": self.agnostic.contiguous(),
                        "specific": self.specific.contiguous()}, str(tmp / WEIGHTS))
             cfg = {"languages": self.languages, "central": self.central, "rank": self.rank,
                    "hidden_size": self.hidden_size, "num_layers": self.num_layers, **self.metadata}
-            (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / CONFIG).write_text(dumps(cfg), encoding="utf-8")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "LanguageSubspace":
         directory = Path(directory)
         if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
             raise LensError(f"{directory} is not a lensml subspace (no {CONFIG} / {WEIGHTS}): run `lens probe` first")
-        cfg = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-        tensors = load_file(str(directory / WEIGHTS))
-        core = {k: cfg.pop(k) for k in ("languages", "central", "rank")}
+        redo = "re-run `lens probe` to write it again"
+        try:
+            cfg = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+            core = {k: cfg.pop(k) for k in ("languages", "central", "rank")}
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise LensError(f"{directory / CONFIG} is not valid JSON: {redo}") from err
+        except (KeyError, TypeError, AttributeError) as err:
+            raise LensError(f"{directory / CONFIG} lacks languages, central or rank: {redo}") from err
+        try:
+            tensors = load_file(str(directory / WEIGHTS))
+            means, agnostic, specific = tensors["means"], tensors["agnostic"], tensors["specific"]
+        except (SafetensorError, OSError, ValueError, KeyError) as err:
+            raise LensError(f"{directory / WEIGHTS} is truncated or not a subspace file: {redo}") from err
+        languages = core["languages"]
+        n_layers = means.shape[0] if means.dim() == 3 else -1
+        ok = (isinstance(languages, list) and core["central"] in languages and means.dim() == 3
+              and means.shape[1] == len(languages) and agnostic.shape == (n_layers, means.shape[2])
+              and specific.dim() == 3 and specific.shape[:2] == (n_layers, means.shape[2])
+              and specific.shape[2] == core["rank"])
+        if not ok:
+            raise LensError(f"{directory} holds tensors whose shapes do not match its {CONFIG}: {redo}")
         for k in ("hidden_size", "num_layers"):
             cfg.pop(k, None)
-        return cls(core["languages"], core["central"], core["rank"], tensors["means"], tensors["agnostic"],
-                   tensors["specific"], cfg)
+        return cls(languages, core["central"], core["rank"], means, agnostic, specific, cfg)

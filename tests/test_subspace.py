@@ -67,3 +67,42 @@ def test_mismatch_is_a_clear_error():
         sub.check_compatible(8, 2, ["ja"], "en")
     with pytest.raises(LensError, match="rank 3"):
         lsar(torch.randn(8, 3, dtype=torch.float64), 3)
+
+
+def _saved(tmp_path):
+    sub = LanguageSubspace.fit(torch.randn(3, 3, 8, dtype=torch.float64), ["en", "zh", "sw"], "en", metadata={"model": "m"})
+    sub.save_pretrained(tmp_path / "sub")
+    return tmp_path / "sub"
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: (d / "subspace.safetensors").write_bytes((d / "subspace.safetensors").read_bytes()[:100]), "truncated"),
+    (lambda d: (d / "subspace.safetensors").write_bytes(b""), "truncated"),
+    (lambda d: (d / "subspace_config.json").write_text("{not json"), "not valid JSON"),
+    (lambda d: (d / "subspace_config.json").write_text('{"languages": ["en"]}'), "lacks languages"),
+    (lambda d: (d / "subspace_config.json").write_text('{"languages": ["en", "zh"], "central": "en", "rank": 2}'),
+     "shapes do not match"),
+])
+def test_damaged_artifacts_give_one_line_errors(tmp_path, damage, needle):
+    directory = _saved(tmp_path)
+    damage(directory)
+    with pytest.raises(LensError, match=needle) as err:
+        LanguageSubspace.from_pretrained(directory)
+    assert "lens probe" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_save_replaces_atomically(tmp_path, monkeypatch):
+    """A failing save keeps the previous artifact whole (it used to delete it before the rename)."""
+    directory = _saved(tmp_path)
+    before = (directory / "subspace.safetensors").read_bytes()
+    import lensml.subspace as module
+
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module, "save_file", boom)
+    with pytest.raises(OSError):
+        LanguageSubspace.fit(torch.randn(3, 2, 8, dtype=torch.float64), ["en", "zh"], "en").save_pretrained(directory)
+    assert (directory / "subspace.safetensors").read_bytes() == before
+    assert LanguageSubspace.from_pretrained(directory).languages == ["en", "zh", "sw"]
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"]

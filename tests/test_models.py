@@ -15,7 +15,7 @@ def test_packaged_default_model_converts_once_and_loads(tmp_path, monkeypatch):
     assert name == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
     assert tok.chat_template and not getattr(model, "is_quantized", False)
-    converted = list((tmp_path / "cache" / "models").iterdir())
+    converted = list((tmp_path / "cache" / "models").glob("gguf-*"))
     assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file()
     # Loading again uses the cache (same folder, no second conversion) and gives the same weights.
     again, _, _ = load_model(ModelConfig(gguf=str(packaged_gguf("smollm2-135m-instruct"))))
@@ -49,13 +49,85 @@ def test_missing_chat_template_needs_template_file(tiny_llama, tmp_path):
 @pytest.mark.parametrize("cfg, needle", [
     (ModelConfig(model="./missing/model"), "does not exist"),
     (ModelConfig(gguf="/nope/model.gguf"), "GGUF file /nope/model.gguf does not exist"),
-    (ModelConfig(dtype="float8"), "unknown dtype"),
 ])
-def test_bad_model_specs(cfg, needle, tiny_llama):
-    if cfg.dtype == "float8":
-        cfg.model = str(tiny_llama)
+def test_bad_model_specs(cfg, needle):
     with pytest.raises(LensError, match=needle):
         load_model(cfg)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"dtype": "float8"}, "unknown dtype"),
+    ({"device": "cuda"}, "no CUDA device is available: use --device cpu or auto"),
+    ({"device": "cuda:3"}, "no CUDA device"),
+    ({"device": "gpu"}, "unknown device 'gpu'"),
+])
+def test_bad_options_fail_when_the_config_is_built(kwargs, needle):
+    if "cuda" in kwargs.get("device", "") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(LensError, match=needle):
+        ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("content, needle", [("{}", "names no model_type"), ("{broken", "not valid JSON"),
+                                             ("[]", "names no model_type")])
+def test_broken_config_json(tiny_llama, tmp_path, content, needle):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama, broken)
+    (broken / "config.json").write_text(content)
+    with pytest.raises(LensError, match=needle):
+        load_model(ModelConfig(model=str(broken)))
+
+
+def test_gguf_cache_is_keyed_by_content(tmp_path, monkeypatch):
+    """Two copies of one GGUF file share one converted checkpoint; a killed conversion's leftovers go."""
+    import subprocess
+    import sys
+
+    from lensml import models
+
+    monkeypatch.setenv("LENSML_CACHE", str(tmp_path / "cache"))
+    src = packaged_gguf("smollm2-135m-instruct")
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(src, copy)
+    assert models.file_digest(src) == models.file_digest(copy)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / "cache" / "models" / f".convert-{dead.pid}-xyz"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"0" * 100)
+    first = models.convert_gguf(src)
+    assert not leftover.exists()
+    calls = []
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", lambda *a, **k: calls.append(a))
+    assert models.convert_gguf(copy) == first and not calls  # no second conversion
+    index = json.loads((tmp_path / "cache" / "models" / "digests.json").read_text())
+    assert len(index) == 2 and len(set(index.values())) == 1
+
+
+def test_unreachable_hub_fails_fast_with_the_fix(tmp_path):
+    """A Hub that accepts connections and never answers used to hang `lens run` for ten minutes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in iter(int, 1)], daemon=True).start()
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}", "LENSML_HUB_TIMEOUT": "2",
+           "HF_HOME": str(tmp_path / "hf"), "TQDM_DISABLE": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-m", "lensml.cli", "run", "--model", "org/some-model", "--out",
+                           str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-1000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "cannot reach the Hugging Face Hub for 'org/some-model'" in last and "--model /path" in last
+    assert time.time() - t < 60 and not (tmp_path / "run").exists()
 
 
 def test_directory_without_config(tmp_path):

@@ -1,22 +1,26 @@
 """Probe texts and parallel training prompts, from files or the Hugging Face Hub.
 
 Every source becomes one of two shapes: texts per language (probing; need not be
-parallel) or rows {lang: text} (training; parallel). Sources:
+parallel) or rows {lang: text} (training and evaluation; parallel). Sources:
 
 - ``embedded`` / ``embedded:heldout``: lensml's own prompts in en zh ja ko ar bn sw;
-- a ``.jsonl`` file of rows ``{"en": ..., "zh": ...}`` (also the LENS authors' probe file);
+- a ``.jsonl`` file of rows ``{"en": ..., "zh": ...}`` (also the LENS authors' probe file), or a
+  ``.json`` file holding a list of such rows;
 - a ``.json`` file with ``Instances: [{"input_en": ..., "input_zh": ...}]`` (the authors' manipulation file);
 - ``CohereForAI/aya_dataset`` or ``aya:PATH`` (jsonl/parquet with inputs, language_code): probing only;
-- ``MBZUAI/Bactrian-X`` or ``bactrian-x:DIR`` (DIR/{lang}.json[l] with id, instruction, input): rows aligned by id.
+- ``MBZUAI/Bactrian-X`` or ``bactrian-x:DIR`` (DIR/{lang}.json[l] with id, instruction, input): rows aligned by id;
+- any Hub dataset, ``hf:OWNER/NAME[:CONFIG][@SPLIT]#MAPPING``, or any local file with ``PATH#MAPPING``, where
+  MAPPING is either one column per language, ``en=english,zh=chinese`` (parallel rows), or a text column and a
+  language-code column, ``text=inputs,lang=language_code`` (texts per language; 2- or 3-letter codes).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Iterator
 
+from lensml.data.readers import iter_jsonl, iter_table, read_json, read_jsonl
 from lensml.errors import LensError
+from lensml.languages import iso639_1
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_PARTS = ("part_a.jsonl", "part_b.jsonl", "part_c.jsonl")
@@ -24,33 +28,8 @@ HELDOUT_EVERY = 6  # every 6th embedded row is held out: 40 of 240, spread over 
 
 AYA_HUB_ID = "CohereForAI/aya_dataset"
 BACTRIAN_HUB_ID = "MBZUAI/Bactrian-X"
-# Aya labels languages with ISO 639-3 codes.
-ISO3 = {"en": "eng", "zh": "zho", "ja": "jpn", "ko": "kor", "ar": "arb", "bn": "ben", "sw": "swh", "fr": "fra",
-        "de": "deu", "es": "spa", "ru": "rus", "vi": "vie", "th": "tha", "id": "ind", "tr": "tur", "hi": "hin"}
 
-
-def iter_jsonl(path: Path) -> Iterator[tuple[dict, str]]:
-    """(row, "file:line") per non-empty line; a bad line is an error naming the file and line."""
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LensError(f"{where}: not valid JSON ({err.msg}): fix or remove the line") from err
-            if not isinstance(row, dict):
-                raise LensError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield row, where
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """All rows of a JSONL file; an empty file is an error."""
-    rows = [row for row, _ in iter_jsonl(path)]
-    if not rows:
-        raise LensError(f"{path} has no rows: give a non-empty file")
-    return rows
+__all__ = ["embedded_rows", "iter_jsonl", "load_rows", "load_texts", "read_jsonl"]
 
 
 def embedded_rows(split: str = "train") -> list[dict]:
@@ -61,55 +40,24 @@ def embedded_rows(split: str = "train") -> list[dict]:
     return [r for i, r in enumerate(rows) if keep(i)]
 
 
-def _lens_manipulation(path: Path) -> list[dict]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise LensError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("Instances"), list):
-        raise LensError(f"{path}: expected a LENS manipulation file with an 'Instances' list")
-    return [{k[len("input_"):]: v for k, v in inst.items() if k.startswith("input_")} for inst in doc["Instances"]]
-
-
-def _aya(source: str, langs: list[str]) -> dict[str, list[str]]:
-    if source == AYA_HUB_ID:
-        rows = _hub_rows(AYA_HUB_ID, None, "train")
-    else:
-        path = Path(source.split(":", 1)[1])
-        rows = _read_table(path)
-    by_code: dict[str, list[str]] = {}
-    for row in rows:
-        by_code.setdefault(row.get("language_code", ""), []).append(row["inputs"])
-    return {lang: by_code.get(ISO3.get(lang, lang), []) for lang in langs}
-
-
-def _bactrian(source: str, langs: list[str]) -> list[dict]:
-    per_lang: dict[str, dict] = {}
-    for lang in langs:
-        if source == BACTRIAN_HUB_ID:
-            rows = _hub_rows(BACTRIAN_HUB_ID, lang, "train")
-        else:
-            folder = Path(source.split(":", 1)[1])
-            files = [folder / f"{lang}.{ext}" for ext in ("jsonl", "json")]
-            found = [f for f in files if f.is_file()]
-            if not found:
-                raise LensError(f"Bactrian-X folder {folder} has no {lang}.jsonl or {lang}.json: add it or drop '{lang}'")
-            rows = _read_table(found[0])
-        per_lang[lang] = {r["id"]: (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")) for r in rows}
-    common = sorted(set.intersection(*(set(v) for v in per_lang.values())))
-    return [{lang: per_lang[lang][i] for lang in langs} for i in common]
-
-
-def _read_table(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise LensError(f"data file {path} does not exist: check the path")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # only for parquet copies of Hub datasets
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".json":
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return doc if isinstance(doc, list) else doc.get("data", [])
-    return read_jsonl(path)
+def _json_file(path: Path) -> list[tuple[dict, str]]:
+    """A .json file: a list of rows, {"data": [...]}, or the authors' manipulation file (Instances)."""
+    doc = read_json(path)
+    if isinstance(doc, dict) and "Instances" in doc:
+        if not isinstance(doc["Instances"], list):
+            raise LensError(f"{path}: expected a LENS manipulation file with an 'Instances' list")
+        rows = []
+        for i, inst in enumerate(doc["Instances"]):
+            if not isinstance(inst, dict):
+                raise LensError(f"{path}: Instances item {i} is a {type(inst).__name__}, not an object with "
+                                f"input_<lang> fields: fix the file")
+            rows.append(({k[len("input_"):]: v for k, v in inst.items() if k.startswith("input_")},
+                         f"{path}: Instances item {i}"))
+        return rows
+    if isinstance(doc, list) or (isinstance(doc, dict) and isinstance(doc.get("data"), list)):
+        return list(iter_table(path))
+    raise LensError(f"{path}: expected a list of rows, {{\"data\": [...]}} or a LENS manipulation file with an "
+                    f"'Instances' list")
 
 
 def _hub_rows(dataset_id: str, config: str | None, split: str) -> list[dict]:
@@ -123,30 +71,131 @@ def _hub_rows(dataset_id: str, config: str | None, split: str) -> list[dict]:
         raise LensError(f"cannot load {dataset_id} from the Hub ({type(err).__name__}): pass a local path instead") from err
 
 
-def load_rows(source: str, langs: list[str]) -> list[dict]:
-    """Parallel rows {lang: text} from a source (see module docstring)."""
+def _parse_mapping(text: str, source: str) -> dict[str, str]:
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise LensError(f"data source {source}: the part after '#' must be lang=column pairs (en=english,zh=chinese) "
+                        f"or text=COLUMN,lang=COLUMN")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _split_source(source: str) -> tuple[str, dict[str, str] | None]:
+    if "#" in source:
+        base, mapping = source.rsplit("#", 1)
+        return base, _parse_mapping(mapping, source)
+    return source, None
+
+
+def _hub_spec(spec: str) -> tuple[str, str | None, str]:
+    """OWNER/NAME[:CONFIG][@SPLIT] -> (id, config, split)."""
+    spec, _, split = spec.partition("@")
+    dataset_id, _, config = spec.partition(":")
+    if dataset_id.count("/") != 1:
+        raise LensError(f"hf:{spec}: a Hub dataset id is OWNER/NAME, e.g. hf:MBZUAI/Bactrian-X:zh@train")
+    return dataset_id, config or None, split or "train"
+
+
+def _mapped(rows: list[tuple[dict, str]], mapping: dict[str, str], source: str) -> tuple[list[tuple[dict, str]], bool]:
+    """Rows renamed by a mapping; (rows, True) when the mapping is text=,lang= (texts per language)."""
+    if set(mapping) == {"text", "lang"}:
+        out = []
+        for row, where in rows:
+            code = str(row.get(mapping["lang"], "")).strip()
+            lang = code if len(code) == 2 else iso639_1(code)
+            if lang and row.get(mapping["text"]) is not None:
+                out.append(({lang: row[mapping["text"]]}, where))
+        return out, True
+    columns = set(rows[0][0]) if rows else set()
+    missing = [col for col in mapping.values() if col not in columns]
+    if rows and missing:
+        raise LensError(f"data source {source} has no column {missing[0]}: columns are {', '.join(sorted(columns))}")
+    return [({lang: row.get(col) for lang, col in mapping.items()}, where) for row, where in rows], False
+
+
+def _rows_with_where(source: str, langs: list[str]) -> tuple[list[tuple[dict, str]], bool]:
+    """(rows, texts_only): texts_only rows carry one language each (probing data, not parallel)."""
     if source in ("embedded", "embedded:train", "embedded:heldout"):
-        rows = embedded_rows(source.split(":")[1] if ":" in source else "train")
-    elif source == BACTRIAN_HUB_ID or source.startswith("bactrian-x:"):
-        rows = _bactrian(source, langs)
+        split = source.split(":")[1] if ":" in source else "train"
+        return [(r, f"embedded:{split} row {i + 1}") for i, r in enumerate(embedded_rows(split))], False
+    if source == BACTRIAN_HUB_ID or source.startswith("bactrian-x:"):
+        return [(r, f"{source} id {r.pop('_id')}") for r in _bactrian(source, langs)], False
+    if source == AYA_HUB_ID or source.startswith("aya:"):
+        return _aya(source), True
+    base, mapping = _split_source(source)
+    if base.startswith("hf:"):
+        dataset_id, config, split = _hub_spec(base[3:])
+        rows = [(r, f"{dataset_id}[{config or 'default'}/{split}] row {i}")
+                for i, r in enumerate(_hub_rows(dataset_id, config, split))]
+        if mapping is None:
+            raise LensError(f"{source}: say which columns hold which language, e.g. {source}#en=english,zh=chinese")
     else:
-        path = Path(source)
+        path = Path(base)
         if not path.is_file():
-            raise LensError(f"data file {source} does not exist: check --probe-data / --train-data")
-        rows = _lens_manipulation(path) if path.suffix == ".json" else read_jsonl(path)
+            raise LensError(f"data file {base} does not exist: check --probe-data / --train-data")
+        rows = _json_file(path) if path.suffix.lower() == ".json" else list(iter_table(path))
+        if not rows:
+            raise LensError(f"{path} has no rows: give a non-empty file")
+    if mapping is not None:
+        return _mapped(rows, mapping, source)
+    return rows, False
+
+
+def _aya(source: str) -> list[tuple[dict, str]]:
+    if source == AYA_HUB_ID:
+        rows = [(r, f"{AYA_HUB_ID} row {i}") for i, r in enumerate(_hub_rows(AYA_HUB_ID, None, "train"))]
+    else:
+        rows = list(iter_table(Path(source.split(":", 1)[1])))
+    return _mapped(rows, {"text": "inputs", "lang": "language_code"}, source)[0]
+
+
+def _bactrian(source: str, langs: list[str]) -> list[dict]:
+    per_lang: dict[str, dict] = {}
     for lang in langs:
-        if not any(lang in r for r in rows):
+        if source == BACTRIAN_HUB_ID:
+            rows = _hub_rows(BACTRIAN_HUB_ID, lang, "train")
+        else:
+            folder = Path(source.split(":", 1)[1])
+            found = [f for f in (folder / f"{lang}.jsonl", folder / f"{lang}.json") if f.is_file()]
+            if not found:
+                raise LensError(f"Bactrian-X folder {folder} has no {lang}.jsonl or {lang}.json: add it or drop '{lang}'")
+            rows = [r for r, _ in iter_table(found[0])]
+        per_lang[lang] = {r["id"]: (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")) for r in rows}
+    common = sorted(set.intersection(*(set(v) for v in per_lang.values())))
+    return [{"_id": i, **{lang: per_lang[lang][i] for lang in langs}} for i in common]
+
+
+def _check_values(rows: list[tuple[dict, str]], langs: list[str], source: str) -> None:
+    for row, where in rows:
+        for lang in langs:
+            value = row.get(lang)
+            if value is not None and not isinstance(value, str):
+                raise LensError(f"{where}: the '{lang}' text is a {type(value).__name__}, not a string: fix the row")
+    for lang in langs:
+        if not any(row.get(lang) for row, _ in rows):
             raise LensError(f"data {source} has no '{lang}' texts: add them or drop '{lang}' from --langs")
-    return rows
+
+
+def load_rows(source: str, langs: list[str]) -> list[dict]:
+    """Parallel rows {lang: text} from a source (see module docstring); values are checked to be strings."""
+    rows, texts_only = _rows_with_where(source, langs)
+    if texts_only:
+        raise LensError(f"{source} holds texts per language, not parallel rows: use it for --probe-data only")
+    _check_values(rows, langs, source)
+    return [row for row, _ in rows]
 
 
 def load_texts(source: str, langs: list[str]) -> dict[str, list[str]]:
     """Texts per language for probing (rows need not be parallel)."""
-    if source == AYA_HUB_ID or source.startswith("aya:"):
-        texts = _aya(source, langs)
-        for lang, found in texts.items():
-            if not found:
-                raise LensError(f"Aya data {source} has no '{lang}' texts: drop '{lang}' from --langs")
-        return texts
-    rows = load_rows(source, langs)
-    return {lang: [r[lang] for r in rows if r.get(lang)] for lang in langs}
+    rows, _ = _rows_with_where(source, langs)
+    _check_values(rows, langs, source)
+    return {lang: [row[lang] for row, _ in rows if row.get(lang)] for lang in langs}
+
+
+def require_all(rows: list[dict], langs: list[str], source: str) -> None:
+    """Every row has a text in every language (training and evaluation data)."""
+    for i, row in enumerate(rows):
+        missing = [lang for lang in langs if not row.get(lang)]
+        if missing:
+            raise LensError(f"{source}: row {i + 1} has no '{missing[0]}' text: every row needs all of "
+                            f"{','.join(langs)} (drop the row or the language)")
+

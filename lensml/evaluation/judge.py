@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from lensml.data.loaders import iter_jsonl as read_jsonl
+from lensml.data.readers import iter_jsonl as read_jsonl
 from lensml.errors import LensError
 from lensml.io import write_json_atomic
 

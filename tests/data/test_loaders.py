@@ -116,3 +116,63 @@ def test_hub_loading_calls(monkeypatch):
     assert load_rows("MBZUAI/Bactrian-X", ["en", "zh"]) == [{"en": "Count to three.", "zh": "数到三。"}]
     assert calls == [("CohereForAI/aya_dataset", None, "train"), ("MBZUAI/Bactrian-X", "en", "train"),
                      ("MBZUAI/Bactrian-X", "zh", "train")]
+
+
+def test_plain_json_list_is_read_like_jsonl(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"en": "Hi", "zh": "你好"}, {"en": "Bye", "zh": "再见"}], ensure_ascii=False),
+                    encoding="utf-8")
+    assert load_rows(str(path), ["en", "zh"]) == [{"en": "Hi", "zh": "你好"}, {"en": "Bye", "zh": "再见"}]
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("latin1.jsonl", '{"en": "caf\xe9"}\n'.encode("latin-1"), r"latin1.jsonl:1: not UTF-8 text .* re-save"),
+    ("bad.jsonl", b'{"en": "ok"}\n{"en": "\xff\xfe"}\n', r"bad.jsonl:2: not UTF-8"),
+    ("inst.json", json.dumps({"Instances": ["just a string"]}).encode(), "Instances item 0 is a str"),
+    ("num.jsonl", b'{"en": 5, "zh": "x"}\n', r"num.jsonl:1: the 'en' text is a int"),
+    ("list.jsonl", b'{"en": "a", "zh": ["x"]}\n', r"the 'zh' text is a list"),
+    ("shape.json", b'{"something": 1}', "expected a list of rows"),
+])
+def test_bad_files_name_the_problem(tmp_path, name, content, needle):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(LensError, match=needle):
+        load_rows(str(path), ["en", "zh"])
+
+
+def test_column_mappings_for_files_and_hub(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    path = tmp_path / "cols.jsonl"
+    path.write_text('{"english": "Hi", "chinese": "你好"}\n', encoding="utf-8")
+    assert load_rows(f"{path}#en=english,zh=chinese", ["en", "zh"]) == [{"en": "Hi", "zh": "你好"}]
+    with pytest.raises(LensError, match="no column swahili"):
+        load_rows(f"{path}#en=english,sw=swahili", ["en", "sw"])
+    calls = []
+
+    def load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return [{"text": "Hello", "code": "eng"}, {"text": "你好", "code": "cmn"}, {"text": "Habari", "code": "sw"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    texts = load_texts("hf:org/mixed:v2@validation#text=text,lang=code", ["en", "zh", "sw"])
+    assert texts == {"en": ["Hello"], "zh": ["你好"], "sw": ["Habari"]} and calls == [("org/mixed", "v2", "validation")]
+    with pytest.raises(LensError, match="texts per language, not parallel rows"):
+        load_rows("hf:org/mixed#text=text,lang=code", ["en", "zh"])
+    with pytest.raises(LensError, match="say which columns"):
+        load_rows("hf:org/mixed", ["en", "zh"])
+    with pytest.raises(LensError, match="lang=column pairs"):
+        load_rows(f"{path}#english", ["en"])
+
+
+def test_rows_lacking_a_language_fail_before_the_model_loads(tiny_llama, tmp_path, capsys, monkeypatch):
+    import lensml.recipes.enhance as recipe
+    from lensml.cli import main
+
+    monkeypatch.setattr(recipe, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded a model")))
+    path = tmp_path / "gappy.jsonl"
+    path.write_text('{"en": "Hi", "zh": "你好"}\n{"en": "Bye"}\n', encoding="utf-8")
+    assert main(["run", "--model", str(tiny_llama), "--train-data", str(path), "--probe-data", str(path),
+                 "--eval.data", str(path), "--langs", "zh", "--out", str(tmp_path / "out")]) == 2
+    assert "row 2 has no 'zh' text" in capsys.readouterr().err

@@ -15,13 +15,13 @@ benchmark module can import them without a cycle.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
-from lensml.data.loaders import iter_jsonl
+from lensml.data.readers import iter_csv as read_table
+from lensml.data.readers import iter_json_array as read_json_array
+from lensml.data.readers import iter_jsonl
 from lensml.errors import LensError
 
 if TYPE_CHECKING:  # only for annotations: the suite imports this module
@@ -216,29 +216,3 @@ def label_field(row: dict, key: str, allowed: dict, where: str) -> int:
         if norm == k or str(norm) == str(k):
             return v
     raise LensError(f"{where}: {key} {value!r} out of range (expected one of {', '.join(map(str, allowed))})")
-
-
-def read_json_array(path: Path) -> Iterator[tuple[dict, str]]:
-    """(row, "file: item i") of a JSON array or {"data": [...]}; an empty file has no rows."""
-    text = path.read_text(encoding="utf-8-sig")
-    if not text.strip():
-        return
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise LensError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
-    rows = doc if isinstance(doc, list) else doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(rows, list):
-        raise LensError(f"{path}: expected a JSON array of items")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise LensError(f"{path}: item {i}: expected a JSON object")
-        yield row, f"{path}: item {i}"
-
-
-def read_table(path: Path, delimiter: str = ",") -> Iterator[tuple[dict, str]]:
-    """(row, "file:line") of a CSV/TSV file with a header."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        for row in reader:
-            yield {k: v for k, v in row.items() if k is not None}, f"{path}:{reader.line_num}"

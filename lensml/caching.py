@@ -66,10 +66,10 @@ class TopBlock:
         return self.decoder(input_ids=ids, inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask,
                             position_ids=batch.position_ids, use_cache=False)
 
-    @torch.no_grad()
-    def full(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full forward: (input of the start layer, final post-norm states), both (b, T, d)."""
-        captured = {}
+    @contextmanager
+    def capturing(self):
+        """While active, any forward of the model records the start layer's input in captured["h"]."""
+        captured: dict = {}
 
         def grab(_module, args, kwargs):
             captured["h"] = args[0] if args else kwargs["hidden_states"]
@@ -80,10 +80,16 @@ class TopBlock:
         layer = self.decoder.layers[self.start]
         handles = [layer.register_forward_pre_hook(grab, with_kwargs=True), layer.register_forward_hook(kind)]
         try:
-            out = self._call(batch)
+            yield captured
         finally:
             for h in handles:
                 h.remove()
+
+    @torch.no_grad()
+    def full(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full forward: (input of the start layer, final post-norm states), both (b, T, d)."""
+        with self.capturing() as captured:
+            out = self._call(batch)
         return captured["h"], out.last_hidden_state
 
     @contextmanager
@@ -123,30 +129,46 @@ def _languages(languages: list[str], central: str) -> list[str]:
 class ReferenceCache:
     """Per-prompt start-layer inputs and reference final states, for every language.
 
-    Built in one no-grad pass of the original model; the reference model is then never
-    needed again. Under data parallelism a process caches only the prompts it owns
-    (distributed.my_share).
+    Filled in one no-grad pass of the original model (its own, `fill`, or the probing
+    pass when probe and training prompts are the same, lensml.probing.probe); the
+    reference model is then never needed again. Under data parallelism a process
+    caches only the prompts it owns (distributed.my_share).
     """
 
-    def __init__(self, block: TopBlock, ids: dict[str, list[list[int]]], pad_id: int, batch_size: int, device):
-        self.ids, self.hidden, self.last, self.mean = ids, {}, {}, {}
-        self.pad_id = pad_id
+    def __init__(self, ids: dict[str, list[list[int]]], pad_id: int, start: int, device):
+        self.ids, self.pad_id, self.start, self.device = ids, pad_id, start, device
+        self.as_tuple: bool | None = None
+        self.hidden = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
+        self.last = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
+        self.mean = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
+
+    def store(self, lang: str, idx: list[int], h_in: torch.Tensor, final: torch.Tensor, mask: torch.Tensor) -> None:
+        """Keep a batch's start-layer inputs and reference states (rows in the order of idx)."""
+        last_b, mean_b = gather_last(final, mask), masked_mean(final, mask)
+        for row, i in enumerate(idx):
+            self.hidden[lang][i] = h_in[row, -len(self.ids[lang][i]):].to(self.device, copy=True)
+            self.last[lang][i] = last_b[row].float().to(self.device)
+            self.mean[lang][i] = mean_b[row].float().to(self.device)
+
+    def fill(self, block: TopBlock, batch_size: int) -> "ReferenceCache":
+        """The cache's own no-grad pass over its prompts."""
         model_device = input_device(block.model)
-        for lang, seqs in ids.items():
-            hidden, last, mean = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
+        for lang, seqs in self.ids.items():
             owned = distributed.my_share(list(range(len(seqs))))
             for group in progress(length_sorted_batches([len(seqs[i]) for i in owned], batch_size),
                                   desc=f"cache {lang}", leave=False):
                 idx = [owned[g] for g in group]
-                batch = pad([seqs[i] for i in idx], pad_id, "left").to(model_device)
+                batch = pad([seqs[i] for i in idx], self.pad_id, "left").to(model_device)
                 h_in, final = block.full(batch)
-                last_b, mean_b = gather_last(final, batch.attention_mask), masked_mean(final, batch.attention_mask)
-                for row, i in enumerate(idx):
-                    hidden[i] = h_in[row, -len(seqs[i]):].to(device, copy=True)
-                    last[i], mean[i] = last_b[row].float().to(device), mean_b[row].float().to(device)
-            self.hidden[lang], self.last[lang], self.mean[lang] = hidden, last, mean
+                self.store(lang, idx, h_in, final, batch.attention_mask)
         self.as_tuple = block.as_tuple
-        self.start = block.start
+        return self
+
+    @property
+    def complete(self) -> bool:
+        """Every prompt this process owns has its states."""
+        return all(self.last[lang][i] is not None for lang, seqs in self.ids.items()
+                   for i in distributed.my_share(list(range(len(seqs)))))
 
     @property
     def languages(self) -> list[str]:
@@ -185,11 +207,11 @@ def _cache_device(choice: str, device: torch.device, model, ids: dict[str, list[
     return device
 
 
-def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,
+def empty_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,
                 cfg) -> ReferenceCache:
-    """One no-grad pass: start-layer inputs and reference states of every prompt and language.
+    """The cache's prompts, tokenised as training reads them, with nothing computed yet.
 
-    cfg is a TrainConfig (start_layer, max_length, samples, system_prompt, batch_size, cache_device).
+    cfg is a TrainConfig (start_layer, max_length, samples, system_prompt, cache_device).
     """
     langs = _languages(languages, central)
     n = cfg.samples if cfg.samples is not None else len(pairs)
@@ -198,10 +220,15 @@ def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[s
     for lang in langs:
         if any(not p.get(lang) for p in pairs[:n]):
             raise LensError(f"training data lacks '{lang}' text in some rows: every row needs all of {','.join(langs)}")
-    device = input_device(model)
     ids = {lang: encode_prompts(tokenizer, [p[lang] for p in pairs[:n]], cfg.max_length, cfg.system_prompt)
            for lang in langs}
-    cache_device = _cache_device(cfg.cache_device, device, model, ids)
+    device = _cache_device(cfg.cache_device, input_device(model), model, ids)
+    return ReferenceCache(ids, tokenizer.pad_token_id, TopBlock(model, cfg.start_layer).start, device)
+
+
+def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,
+                cfg) -> ReferenceCache:
+    """One no-grad pass: start-layer inputs and reference states of every prompt and language."""
+    cache = empty_cache(model, tokenizer, pairs, languages, central, cfg)
     model.eval()
-    return ReferenceCache(TopBlock(model, cfg.start_layer), ids, tokenizer.pad_token_id, max(cfg.batch_size, 16),
-                          cache_device)
+    return cache.fill(TopBlock(model, cfg.start_layer), max(cfg.batch_size, 16))

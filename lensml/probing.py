@@ -16,6 +16,7 @@ from lensml.progress import progress as tqdm
 
 from lensml import distributed
 from lensml.errors import LensError
+from lensml.caching import ReferenceCache, TopBlock
 from lensml.models import decoder_of, input_device
 from lensml.subspace import LanguageSubspace
 from lensml.templating import encode_prompts, length_sorted_batches, pad
@@ -46,8 +47,11 @@ def _layer_output(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def last_token_states(model, batch) -> torch.Tensor:
-    """(n_layers, b, d) last-token states of every layer; the last entry after the final norm."""
+def last_token_states(model, batch, keep_final: list | None = None) -> torch.Tensor:
+    """(n_layers, b, d) last-token states of every layer; the last entry after the final norm.
+
+    keep_final, when given, receives the full final states (b, T, d) (for a reference cache).
+    """
     decoder = decoder_of(model)
     layers = decoder.layers
     idx = batch.last_index
@@ -66,20 +70,39 @@ def last_token_states(model, batch) -> torch.Tensor:
         for h in handles:
             h.remove()
     final = out.last_hidden_state
+    if keep_final is not None:
+        keep_final.append(final)
     kept.append(final[rows.to(final.device), idx.to(final.device)].float().to(idx.device))
     return torch.stack(kept)
 
 
-def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: str = "probe") -> torch.Tensor:
-    """(n_layers, d) float64 mean last-token state over texts."""
+def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: str = "probe",
+                   cache: ReferenceCache | None = None, lang: str | None = None) -> torch.Tensor:
+    """(n_layers, d) float64 mean last-token state over texts.
+
+    With a cache whose prompts for lang are these texts (same tokens), the same forward
+    also fills the cache's start-layer inputs and reference states: one pass, not two.
+    """
     device = input_device(model)
     ids = encode_prompts(tokenizer, texts, cfg.max_length, cfg.system_prompt)
+    if cache is not None and cache.ids[lang] != ids:
+        raise ValueError(f"the reference cache's '{lang}' prompts are not the probe texts: fill it on its own")
+    block = TopBlock(model, cache.start) if cache is not None else None
     mine = distributed.my_share(list(range(len(ids))))
     total = torch.zeros(len(decoder_of(model).layers), model.get_input_embeddings().embedding_dim,
                         dtype=torch.float64, device=device)
     for idx in tqdm(length_sorted_batches([len(ids[i]) for i in mine], cfg.batch_size), desc=desc, leave=False):
-        batch = pad([ids[mine[i]] for i in idx], tokenizer.pad_token_id, side="left").to(device)
-        total += last_token_states(model, batch).to(torch.float64).sum(dim=1)
+        rows = [mine[i] for i in idx]
+        batch = pad([ids[i] for i in rows], tokenizer.pad_token_id, side="left").to(device)
+        if block is None:
+            total += last_token_states(model, batch).to(torch.float64).sum(dim=1)
+            continue
+        finals: list = []
+        with block.capturing() as captured:
+            total += last_token_states(model, batch, keep_final=finals).to(torch.float64).sum(dim=1)
+        cache.store(lang, rows, captured["h"], finals[0], batch.attention_mask)
+    if block is not None:
+        cache.as_tuple = block.as_tuple
     return (distributed.all_reduce_sum(total) / len(ids)).cpu()
 
 
@@ -88,8 +111,12 @@ def _hash_texts(texts: list[str]) -> str:
 
 
 def probe(model, tokenizer, texts_by_lang: dict[str, list[str]], central: str, cfg: ProbeConfig,
-          model_name: str = "", source: str = "") -> LanguageSubspace:
-    """Probe every language and fit the per-layer subspace."""
+          model_name: str = "", source: str = "", cache: ReferenceCache | None = None) -> LanguageSubspace:
+    """Probe every language and fit the per-layer subspace.
+
+    cache: an empty reference cache (lensml.caching.empty_cache) whose prompts are the probe
+    texts; it is filled by the same forward passes (see shares_prompts).
+    """
     languages = list(texts_by_lang)
     if central not in languages:
         raise LensError(f"probe data lacks the central language '{central}': add its texts")
@@ -102,8 +129,22 @@ def probe(model, tokenizer, texts_by_lang: dict[str, list[str]], central: str, c
             raise LensError(f"probe data has no texts for '{lang}': add some")
         selected[lang] = texts[:n]
         counts[lang] = n
-    means = torch.stack([language_means(model, tokenizer, selected[lang], cfg, desc=f"probe {lang}")
+    means = torch.stack([language_means(model, tokenizer, selected[lang], cfg, desc=f"probe {lang}",
+                                        cache=cache if cache is not None and lang in cache.ids else None, lang=lang)
                          for lang in tqdm(languages, desc="probing", leave=False)], dim=1)
     meta = {"model": model_name, "samples": counts, "max_length": cfg.max_length, "source": source,
             "data_sha256": {lang: _hash_texts(selected[lang]) for lang in languages}}
     return LanguageSubspace.fit(means, languages, central, cfg.rank, meta)
+
+
+def shares_prompts(probe_texts: dict[str, list[str]], probe_cfg: ProbeConfig, rows: list[dict], train_cfg,
+                   languages: list[str]) -> bool:
+    """True when probing reads exactly the prompts training reads (same texts, length budget and system
+    prompt, in every language): then one forward can serve both (the default run's embedded data)."""
+    n = train_cfg.samples if train_cfg.samples is not None else len(rows)
+    for lang in languages:
+        texts = probe_texts.get(lang, [])
+        k = probe_cfg.samples if probe_cfg.samples is not None else len(texts)
+        if texts[:k] != [r.get(lang) for r in rows[:n]]:
+            return False
+    return probe_cfg.max_length == train_cfg.max_length and probe_cfg.system_prompt == train_cfg.system_prompt

@@ -49,3 +49,31 @@ def test_start_layer_out_of_range(tiny_llama):
     model, _, _ = load_model(ModelConfig(model=str(tiny_llama)))
     with pytest.raises(LensError, match="outside the model's 4 decoder layers"):
         TopBlock(model, 4)
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma3"])
+def test_one_pass_equals_two_passes(arch, parallel_data, request):
+    """When probe and training prompts coincide, the probing forward fills the reference cache: same
+    subspace and same cached states as probing and caching separately (exactly, on CPU float32)."""
+    from lensml.caching import build_cache, empty_cache
+    from lensml.data.loaders import load_rows, load_texts
+    from lensml.probing import ProbeConfig, probe, shares_prompts
+    from lensml.training import TrainConfig
+
+    model, tok, _ = load_model(ModelConfig(model=str(request.getfixturevalue(arch))))
+    langs = ["en", "zh", "sw"]
+    texts, rows = load_texts(str(parallel_data), langs), load_rows(str(parallel_data), langs)
+    pcfg, tcfg = ProbeConfig(batch_size=16), TrainConfig(batch_size=8)  # equal batches: bit-equal states
+    assert shares_prompts(texts, pcfg, rows, tcfg, langs)
+    assert not shares_prompts(texts, ProbeConfig(max_length=64), rows, tcfg, langs)
+    assert not shares_prompts(texts, pcfg, rows, TrainConfig(samples=5), langs)
+    two_sub = probe(model, tok, texts, "en", pcfg)
+    two_cache = build_cache(model, tok, rows, langs, "en", tcfg)
+    one_cache = empty_cache(model, tok, rows, langs, "en", tcfg)
+    one_sub = probe(model, tok, texts, "en", pcfg, cache=one_cache)
+    assert one_cache.complete and one_cache.as_tuple == two_cache.as_tuple and one_cache.start == two_cache.start
+    assert torch.equal(one_sub.means, two_sub.means) and torch.equal(one_sub.specific, two_sub.specific)
+    for lang in langs:
+        for store in ("hidden", "last", "mean"):
+            for a, b in zip(getattr(one_cache, store)[lang], getattr(two_cache, store)[lang]):
+                assert torch.equal(a, b), (lang, store)

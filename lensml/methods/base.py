@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from lensml.caching import ReferenceCache
 from lensml.subspace import LanguageSubspace
 from lensml.training import TrainConfig, TrainResult
 
@@ -24,6 +25,7 @@ class MethodInputs:
     languages: list[str]                # central first, then the targets
     central: str
     subspace: LanguageSubspace | None   # None when the method does not need one
+    cache: ReferenceCache | None = None  # reference states already computed (filled while probing)
 
     @property
     def targets(self) -> list[str]:
@@ -36,6 +38,8 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs_subspace: ClassVar[bool] = True
+    #: True when the method reads a lensml.caching.ReferenceCache (the recipe then may fill it while probing).
+    uses_reference_cache: ClassVar[bool] = False
 
     @abstractmethod
     def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,

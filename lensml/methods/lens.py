@@ -132,10 +132,11 @@ class LensMethod(Method):
     name = "lens"
     description = "LENS: align with the central language in the agnostic subspace, push along the language's own direction, keep the central language"
     needs_subspace = True
+    uses_reference_cache = True
 
     def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
               log_path: Path | None = None) -> TrainResult:
         if inputs.subspace is None:
             raise LensError("LENS needs a probed subspace: run the probe stage or pass --subspace")
         return train(model, tokenizer, inputs.subspace, inputs.rows, inputs.languages, inputs.central, cfg,
-                     log_path=log_path)
+                     cache=inputs.cache, log_path=log_path)

@@ -18,7 +18,8 @@ from lensml.io import write_json_atomic, write_jsonl_atomic
 from lensml.methods.base import MethodInputs
 from lensml.models import load_model
 from lensml.plotting import plot_run
-from lensml.probing import probe
+from lensml.caching import empty_cache
+from lensml.probing import probe, shares_prompts
 from lensml.recipes.stages import Stages, check_output, load_inputs, output_dir, save_model, write_manifest
 from lensml.report import RunReport, TrainSummary
 
@@ -38,10 +39,15 @@ def run(cfg: RunConfig) -> RunReport | None:
     with output_dir(out, cfg.overwrite) as tmp:
         with stages("load_model"):
             model, tok, name = load_model(cfg.model)
-        subspace = None
+        subspace = cache = None
         if method.needs_subspace:
             with stages("probe"):
-                subspace = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe, name, cfg.probe_data)
+                if method.uses_reference_cache and shares_prompts(inputs.probe_texts, cfg.probe, inputs.train_rows,
+                                                                  cfg.train, cfg.languages):
+                    log.info("probe and training prompts are the same: one pass fills the reference cache too")
+                    cache = empty_cache(model, tok, inputs.train_rows, cfg.languages, cfg.central, cfg.train)
+                subspace = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe, name, cfg.probe_data,
+                                 cache=cache)
                 if distributed.is_main():
                     subspace.save_pretrained(tmp / "subspace")
         if do_eval:
@@ -52,8 +58,8 @@ def run(cfg: RunConfig) -> RunReport | None:
             with stages("benchmarks_base"):
                 bench["base"] = _benchmarks(model, tok, name, cfg, tmp / "eval" / "base")
         with stages("train"):
-            result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace),
-                                  cfg.train, log_path=tmp / "losses.jsonl")
+            result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace,
+                                                           cache), cfg.train, log_path=tmp / "losses.jsonl")
         if not distributed.is_main():
             return None
         with stages("save"):

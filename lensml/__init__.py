@@ -21,7 +21,7 @@ _EXPORTS = {
     "LanguageSubspace": "lensml.subspace",
     "train": "lensml.methods.lens", "TrainConfig": "lensml.training", "LossConfig": "lensml.losses",
     "run": "lensml.recipes", "RunConfig": "lensml.config", "load_config": "lensml.config",
-    "RunReport": "lensml.report",
+    "RunReport": "lensml.report", "apply_patch": "lensml.patch",
     "load_rows": "lensml.data.loaders", "load_texts": "lensml.data.loaders",
 }
 

@@ -38,6 +38,8 @@ class RunConfig:
     train_data: str = field(default="embedded", metadata={"help": "parallel prompts: embedded, a .jsonl/.json path, a Hub dataset (see README)", "section": "data"})
     out: str = field(default="runs/default", metadata={"help": "output folder", "section": "output"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder (only once the new one is complete)", "section": "output"})
+    push_to_hub: str | None = field(default=None, metadata={"help": "upload OUT/model (with its card) to this Hub repo, OWNER/NAME, when the run succeeds (default: none, off)", "section": "output"})
+    push_patch: bool = field(default=False, metadata={"help": "with --push-to-hub, upload OUT/patch instead of the full model", "section": "output"})
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: QuickEvalConfig = field(default_factory=QuickEvalConfig)

@@ -8,6 +8,7 @@ because the second SVD works on small differences of large vectors.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from lensml.errors import LensError
 from lensml.io import dumps, staged_dir
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "subspace.safetensors"
 CONFIG = "subspace_config.json"
@@ -105,6 +108,20 @@ class LanguageSubspace:
         if missing or central != self.central:
             raise LensError(f"subspace covers languages {','.join(self.languages)} with central '{self.central}', "
                             f"asked for {','.join(languages)} with central '{central}': probe these languages")
+
+    def check_model(self, model_name: str) -> bool:
+        """Warn when the subspace was probed on another model than `model_name`; True if they match.
+
+        A warning, not an error: shapes are checked by check_compatible, and a fine-tune of the
+        probed model (another name, same weights underneath) is a legitimate use. Subspaces
+        without a recorded model (older artifacts) are not warned about.
+        """
+        probed_on = self.metadata.get("model")
+        if not probed_on or probed_on == model_name:
+            return True
+        log.warning("the subspace was probed on %s, but the model trained is %s: directions probed on another "
+                    "model rarely fit; probe this model (lens probe) unless they share weights", probed_on, model_name)
+        return False
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write safetensors + JSON atomically: a temporary folder swapped in only when complete."""

@@ -106,3 +106,15 @@ def test_save_replaces_atomically(tmp_path, monkeypatch):
     assert (directory / "subspace.safetensors").read_bytes() == before
     assert LanguageSubspace.from_pretrained(directory).languages == ["en", "zh", "sw"]
     assert [p.name for p in tmp_path.iterdir()] == ["sub"]
+
+
+def test_check_model_warns_on_another_model(caplog):
+    sub = LanguageSubspace.fit(torch.randn(2, 2, 8, dtype=torch.float64), ["en", "zh"], "en", metadata={"model": "org/a"})
+    with caplog.at_level("WARNING", logger="lensml.subspace"):
+        assert sub.check_model("org/a") is True
+        assert not caplog.records
+        assert sub.check_model("org/b") is False
+    assert len(caplog.records) == 1 and "org/a" in caplog.text and "org/b" in caplog.text
+    caplog.clear()
+    bare = LanguageSubspace.fit(torch.randn(2, 2, 8, dtype=torch.float64), ["en", "zh"], "en")
+    assert bare.check_model("org/b") is True and not caplog.records  # no recorded model: nothing to compare

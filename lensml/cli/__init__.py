@@ -56,6 +56,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_apply(args) -> int:
+    from lensml.recipes.jobs import apply_job
+    print(f"wrote {apply_job(args.patch, args.base, args.out, args.overwrite, args.dtype, args.device)}")
+    return 0
+
+
 def cmd_chat(args) -> int:
     from lensml.chat import chat
     return chat(args.model, args.base, args.compare, args.prompt, args.max_new_tokens)
@@ -90,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="prompt to answer (repeatable); default: read lines from stdin")
     p.add_argument("--max-new-tokens", type=int, default=128, help="greedy tokens per answer (default: 128)")
     p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("apply", parents=[verbose], usage="lens apply PATCH --out DIR [options]",
+                       help="apply a run's patch (OUT/patch) to its base model: a full checkpoint in --out")
+    p.add_argument("patch", help="OUT/patch of a run (or the run folder)")
+    p.add_argument("--base", help="base model (default: the one the patch names); refused if its weights differ")
+    p.add_argument("--out", required=True, help="folder for the enhanced checkpoint")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an existing --out (default: False)")
+    p.add_argument("--dtype", default="auto", help="dtype to load the base in; must match the patch's (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
+    p.set_defaults(func=cmd_apply)
     from lensml.evaluation.cli import add_eval_commands
     add_eval_commands(sub, parents=[verbose])
     return parser

@@ -12,13 +12,21 @@ parallel) or rows {lang: text} (training and evaluation; parallel). Sources:
 - any Hub dataset, ``hf:OWNER/NAME[:CONFIG][@SPLIT]#MAPPING``, or any local file with ``PATH#MAPPING``, where
   MAPPING is either one column per language, ``en=english,zh=chinese`` (parallel rows), or a text column and a
   language-code column, ``text=inputs,lang=language_code`` (texts per language; 2- or 3-letter codes).
+  CONFIG and SPLIT are optional (default config, split ``train``); e.g.
+  ``hf:ORG/pairs:v2@validation#en=english,zh=chinese``, ``hf:ORG/mixed#text=inputs,lang=language_code``
+  or ``data/pairs.csv#en=source,zh=target``. The Aya and Bactrian-X forms above stay as shortcuts.
+
+Files are UTF-8 ``.jsonl``, ``.json``, ``.csv``/``.tsv`` (with a header) or ``.parquet``. Checked before
+any model loads, each problem named at its file and line (or item): invalid UTF-8 or JSON, a value that is
+not a string, a language with no texts at all and, for parallel rows (training and evaluation data), any
+row without a text in every language of ``--langs``. Probe texts need not be parallel.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lensml.data.readers import iter_jsonl, iter_table, read_json, read_jsonl
+from lensml.data.readers import iter_csv, iter_json_array, iter_jsonl, iter_table, read_json, read_jsonl
 from lensml.errors import LensError
 from lensml.languages import iso639_1
 
@@ -29,7 +37,9 @@ HELDOUT_EVERY = 6  # every 6th embedded row is held out: 40 of 240, spread over 
 AYA_HUB_ID = "CohereForAI/aya_dataset"
 BACTRIAN_HUB_ID = "MBZUAI/Bactrian-X"
 
-__all__ = ["embedded_rows", "iter_jsonl", "load_rows", "load_texts", "read_jsonl"]
+# The readers live in lensml.data.readers; they are re-exported here so data code has one import.
+__all__ = ["embedded_rows", "iter_csv", "iter_json_array", "iter_jsonl", "iter_table", "load_rows", "load_texts",
+           "read_json", "read_jsonl", "require_all"]
 
 
 def embedded_rows(split: str = "train") -> list[dict]:
@@ -82,7 +92,8 @@ def _parse_mapping(text: str, source: str) -> dict[str, str]:
 
 
 def _split_source(source: str) -> tuple[str, dict[str, str] | None]:
-    if "#" in source:
+    """SOURCE#MAPPING -> (SOURCE, mapping); a file whose own name holds '#' is taken whole."""
+    if "#" in source and not Path(source).exists():
         base, mapping = source.rsplit("#", 1)
         return base, _parse_mapping(mapping, source)
     return source, None
@@ -102,8 +113,8 @@ def _mapped(rows: list[tuple[dict, str]], mapping: dict[str, str], source: str) 
     if set(mapping) == {"text", "lang"}:
         out = []
         for row, where in rows:
-            code = str(row.get(mapping["lang"], "")).strip()
-            lang = code if len(code) == 2 else iso639_1(code)
+            code = str(row.get(mapping["lang"], "")).strip().lower()
+            lang = code if len(code) == 2 else iso639_1(code)  # Aya: "eng", "zho", "arb", "swh"
             if lang and row.get(mapping["text"]) is not None:
                 out.append(({lang: row[mapping["text"]]}, where))
         return out, True
@@ -166,7 +177,13 @@ def _bactrian(source: str, langs: list[str]) -> list[dict]:
     return [{"_id": i, **{lang: per_lang[lang][i] for lang in langs}} for i in common]
 
 
-def _check_values(rows: list[tuple[dict, str]], langs: list[str], source: str) -> None:
+def _check_values(rows: list[tuple[dict, str]], langs: list[str], source: str, parallel: bool) -> None:
+    """Every value of a requested language is a string, and every language has texts.
+
+    Parallel rows (training and evaluation) also need a text in every language in every row:
+    a gap is reported here, at its file and line, before any model loads. Probe texts need
+    not be parallel, so there a missing or null value only means "no text in that language".
+    """
     for row, where in rows:
         for lang in langs:
             value = row.get(lang)
@@ -175,21 +192,35 @@ def _check_values(rows: list[tuple[dict, str]], langs: list[str], source: str) -
     for lang in langs:
         if not any(row.get(lang) for row, _ in rows):
             raise LensError(f"data {source} has no '{lang}' texts: add them or drop '{lang}' from --langs")
+    if not parallel:
+        return
+    for row, where in rows:
+        for lang in langs:
+            if not (row.get(lang) or "").strip():
+                state = "null" if lang in row and row[lang] is None else "empty" if lang in row else "missing"
+                raise LensError(f"{where}: the '{lang}' text is {state}: every row needs all of {','.join(langs)} "
+                                f"(fix or drop the row, or drop '{lang}' from --langs)")
 
 
 def load_rows(source: str, langs: list[str]) -> list[dict]:
-    """Parallel rows {lang: text} from a source (see module docstring); values are checked to be strings."""
+    """Parallel rows {lang: text} from a source (see module docstring).
+
+    Every row must hold a non-empty string in every language of `langs`; the first row
+    that does not is an error naming its file and line (or item) and the language.
+    """
     rows, texts_only = _rows_with_where(source, langs)
     if texts_only:
         raise LensError(f"{source} holds texts per language, not parallel rows: use it for --probe-data only")
-    _check_values(rows, langs, source)
+    if not rows:
+        raise LensError(f"data {source} has no rows: give a non-empty source")
+    _check_values(rows, langs, source, parallel=True)
     return [row for row, _ in rows]
 
 
 def load_texts(source: str, langs: list[str]) -> dict[str, list[str]]:
     """Texts per language for probing (rows need not be parallel)."""
     rows, _ = _rows_with_where(source, langs)
-    _check_values(rows, langs, source)
+    _check_values(rows, langs, source, parallel=False)
     return {lang: [row[lang] for row, _ in rows if row.get(lang)] for lang in langs}
 
 

@@ -41,6 +41,10 @@ class Method(ABC):
     #: True when the method reads a lensml.caching.ReferenceCache (the recipe then may fill it while probing).
     uses_reference_cache: ClassVar[bool] = False
 
+    def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
+        """Names of the parameters train() may change (what a patch is cut from). Default: all of them."""
+        return [name for name, _ in model.named_parameters()]
+
     @abstractmethod
     def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
               log_path: Path | None = None) -> TrainResult:

@@ -134,6 +134,10 @@ class LensMethod(Method):
     needs_subspace = True
     uses_reference_cache = True
 
+    def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
+        ids = {id(p) for p in TopBlock(model, cfg.start_layer).parameters()}
+        return [name for name, p in model.named_parameters() if id(p) in ids]
+
     def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
               log_path: Path | None = None) -> TrainResult:
         if inputs.subspace is None:

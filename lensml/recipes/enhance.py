@@ -19,8 +19,10 @@ from lensml.methods.base import MethodInputs
 from lensml.models import load_model
 from lensml.plotting import plot_run
 from lensml.caching import empty_cache
+from lensml.card import check_push, push, write_model_card
 from lensml.probing import probe, shares_prompts
-from lensml.recipes.stages import Stages, check_output, load_inputs, output_dir, save_model, write_manifest
+from lensml.patch import save_patch, snapshot
+from lensml.recipes.stages import patch_info, Stages, check_output, load_inputs, output_dir, save_model, write_manifest
 from lensml.report import RunReport, TrainSummary
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ def run(cfg: RunConfig) -> RunReport | None:
     method = methods.get(cfg.method)
     out = Path(cfg.out)
     check_output(out, cfg.overwrite)
+    if cfg.push_to_hub and distributed.is_main():
+        check_push(cfg.push_to_hub)
     stages = Stages()
     do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
     do_bench = bool(cfg.benchmarks.tasks) and distributed.is_main()
@@ -57,6 +61,8 @@ def run(cfg: RunConfig) -> RunReport | None:
         if do_bench:
             with stages("benchmarks_base"):
                 bench["base"] = _benchmarks(model, tok, name, cfg, tmp / "eval" / "base")
+        names = method.trainable_names(model, cfg.train)
+        originals = snapshot(model, names) if distributed.is_main() else {}
         with stages("train"):
             result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace,
                                                            cache), cfg.train, log_path=tmp / "losses.jsonl")
@@ -64,6 +70,7 @@ def run(cfg: RunConfig) -> RunReport | None:
             return None
         with stages("save"):
             save_model(model, tok, tmp / "model")
+            save_patch(model, originals, tmp / "patch", patch_info(cfg, name, names))
         quick_eval = None
         if do_eval:
             with stages("eval_enhanced"):
@@ -82,7 +89,7 @@ def run(cfg: RunConfig) -> RunReport | None:
             from lensml.evaluation.compare import comparison_table_of
             (tmp / "eval" / "compare.md").write_text(
                 comparison_table_of([bench["base"], bench["enhanced"]], ["base", "enhanced"]) + "\n", encoding="utf-8")
-        write_manifest(tmp, "run", cfg, name, {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
+        manifest = write_manifest(tmp, "run", cfg, name, {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
                        train_resolved=result.resolved, losses=result.history,
                        data={"probe": subspace.metadata.get("data_sha256") if subspace else None,
                              "probe_source": cfg.probe_data, "train_source": cfg.train_data,
@@ -90,8 +97,11 @@ def run(cfg: RunConfig) -> RunReport | None:
                        trainable_parameters=result.trainable_parameters, total_parameters=result.total_parameters,
                        trainable_share=result.trainable_share)
         write_json_atomic(tmp / "report.json", report.to_dict())
+        write_model_card(tmp / "model", report, manifest, cfg.push_to_hub)
         plot_run(report, result.history, tmp / "report.png")
     log.info("wrote %s", out)
+    if cfg.push_to_hub:
+        log.info("pushed to %s", push(out / ("patch" if cfg.push_patch else "model"), cfg.push_to_hub))
     return report
 
 

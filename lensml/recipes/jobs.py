@@ -18,7 +18,8 @@ from lensml.methods.base import MethodInputs
 from lensml.models import load_model
 from lensml.plotting import plot_run
 from lensml.probing import probe
-from lensml.recipes.stages import Stages, check_output, load_inputs, output_dir, save_model, write_manifest
+from lensml.patch import save_patch, snapshot
+from lensml.recipes.stages import patch_info, Stages, check_output, load_inputs, output_dir, save_model, write_manifest
 from lensml.report import RunReport, TrainSummary
 from lensml.subspace import LanguageSubspace
 
@@ -77,6 +78,8 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
                 log.warning("the subspace was probed on %s, but the model trained is %s: directions probed on "
                             "another model rarely fit; probe this model (lens probe) unless they share weights",
                             probed_on, name)
+        names = method.trainable_names(model, cfg.train)
+        originals = snapshot(model, names) if distributed.is_main() else {}
         with stages("train"):
             result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace),
                                   cfg.train, log_path=tmp / "losses.jsonl")
@@ -84,6 +87,7 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
             return None
         with stages("save"):
             save_model(model, tok, tmp / "model")
+            save_patch(model, originals, tmp / "patch", patch_info(cfg, name, names))
             if subspace is not None:
                 subspace.save_pretrained(tmp / "subspace")
         timings = stages.total()
@@ -101,3 +105,25 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
         plot_run(report, result.history, tmp / "report.png")
     log.info("wrote %s", out)
     return report
+
+
+def apply_job(patch_dir: str, base: str | None, out: str, overwrite: bool = False, dtype: str = "auto",
+              device: str = "auto") -> Path:
+    """`lens apply`: base model + patch -> a full enhanced checkpoint in OUT."""
+    from lensml.models import ModelConfig
+    from lensml.patch import apply_patch, read_patch
+
+    patch_cfg, _ = read_patch(patch_dir)  # a broken patch fails before the model loads
+    spec = base or patch_cfg.get("base_model")
+    if not spec:
+        raise LensError(f"{patch_dir} names no base model: pass --base")
+    model_cfg = ModelConfig(gguf=spec, dtype=dtype, device=device) if str(spec).endswith(".gguf") else \
+        ModelConfig(model=spec, dtype=dtype, device=device, revision=patch_cfg.get("base_revision"))
+    target = Path(out)
+    check_output(target, overwrite)
+    model, tok, _ = load_model(model_cfg)
+    apply_patch(model, patch_dir)
+    with output_dir(target, overwrite) as tmp:
+        save_model(model, tok, tmp)
+    log.info("wrote %s", target)
+    return target

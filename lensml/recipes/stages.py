@@ -117,9 +117,20 @@ def save_model(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def write_manifest(directory: Path, kind: str, cfg: RunConfig, model_name: str, timings: dict, **extra) -> None:
+def write_manifest(directory: Path, kind: str, cfg: RunConfig, model_name: str, timings: dict, **extra) -> dict:
     """manifest.json: what produced this folder. `base_model` is what `lens chat --compare` loads."""
-    write_json_atomic(directory / "manifest.json", {
-        "kind": kind, "base_model": cfg.model.gguf or cfg.model.model, "model_name": model_name,
-        "method": cfg.method, "config": to_dict(cfg), "versions": versions(), "timings_s": timings,
-        "peak_memory": peak_memory_gb(), **extra})
+    doc = {"kind": kind, "base_model": cfg.model.gguf or cfg.model.model, "model_name": model_name,
+           "method": cfg.method, "config": to_dict(cfg), "versions": versions(), "timings_s": timings,
+           "peak_memory": peak_memory_gb(), **extra}
+    write_json_atomic(directory / "manifest.json", doc)
+    return doc
+
+
+def patch_info(cfg: RunConfig, model_name: str, names: list[str]) -> dict:
+    """What a patch records besides its tensors: base model, layers, method and options."""
+    layers = sorted({int(part) for n in names for prev, part in zip(n.split("."), n.split(".")[1:])
+                     if prev == "layers" and part.isdigit()})
+    return {"base_model": cfg.model.gguf or cfg.model.model, "base_model_name": model_name,
+            "base_revision": cfg.model.revision, "method": cfg.method, "languages": cfg.languages,
+            "layers": layers, "options": to_dict(cfg.train)}
+

@@ -175,4 +175,37 @@ def test_rows_lacking_a_language_fail_before_the_model_loads(tiny_llama, tmp_pat
     path.write_text('{"en": "Hi", "zh": "你好"}\n{"en": "Bye"}\n', encoding="utf-8")
     assert main(["run", "--model", str(tiny_llama), "--train-data", str(path), "--probe-data", str(path),
                  "--eval.data", str(path), "--langs", "zh", "--out", str(tmp_path / "out")]) == 2
-    assert "row 2 has no 'zh' text" in capsys.readouterr().err
+    assert "gappy.jsonl:2: the 'zh' text is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"en": "Hi", "zh": "你好"}\n{"en": "Bye"}\n', r"gaps.jsonl:2: the 'zh' text is missing"),
+    ('{"en": "Hi", "zh": "你好"}\n\n{"en": "Bye", "zh": null}\n', r"gaps.jsonl:3: the 'zh' text is null"),
+    ('{"en": "Hi", "zh": "你好"}\n{"en": "  ", "zh": "再见"}\n', r"gaps.jsonl:2: the 'en' text is empty"),
+])
+def test_parallel_rows_need_every_language_but_probe_texts_do_not(tmp_path, content, needle):
+    """Training data with a gap fails in load_rows, at its line, before any model loads."""
+    path = tmp_path / "gaps.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(LensError, match=needle) as err:
+        load_rows(str(path), ["en", "zh"])
+    assert "\n" not in str(err.value)
+    texts = load_texts(str(path), ["en", "zh"])  # probe texts may be non-parallel
+    assert texts["zh"] == ["你好"] or texts["en"] == ["Hi"]
+
+
+def test_gap_in_a_json_list_names_the_item(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps({"data": [{"en": "a", "zh": "b"}, {"en": "c"}]}), encoding="utf-8")
+    with pytest.raises(LensError, match=r"rows.json: item 1: the 'zh' text is missing"):
+        load_rows(str(path), ["en", "zh"])
+
+
+def test_file_name_with_hash_and_upper_case_codes(tmp_path):
+    path = tmp_path / "set#1.jsonl"
+    path.write_text('{"en": "Hi", "zh": "你好"}\n', encoding="utf-8")
+    assert load_rows(str(path), ["en", "zh"]) == [{"en": "Hi", "zh": "你好"}]
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("inputs,language_code\nHello,EN\n你好,zho\nHabari,swh\n", encoding="utf-8")
+    texts = load_texts(f"{mixed}#text=inputs,lang=language_code", ["en", "zh", "sw"])
+    assert texts == {"en": ["Hello"], "zh": ["你好"], "sw": ["Habari"]}

@@ -134,3 +134,39 @@ def test_directory_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LensError, match="has no config.json"):
         load_model(ModelConfig(model=str(tmp_path / "empty")))
+
+
+def test_bounded_hub_requests_cover_calls_without_a_timeout(monkeypatch):
+    """huggingface_hub's metadata calls pass timeout=None; after bound_hub_requests they give up in seconds.
+
+    In-process, so it checks that the bound still applies after transformers and huggingface_hub
+    were imported (they read their constants at import; the bound is set on the shared client instead).
+    """
+    import socket
+    import threading
+    import time
+
+    import transformers  # noqa: F401 - imported first on purpose
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import _http
+
+    from lensml.models import _hub_error, bound_hub_requests
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in iter(int, 1)], daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setenv("LENSML_HUB_TIMEOUT", "1")
+    bound_hub_requests()
+    try:
+        t = time.time()
+        with pytest.raises(Exception) as err:
+            HfApi(endpoint=url).model_info("org/some-model")  # timeout=None inside huggingface_hub
+        assert time.time() - t < 10
+        hub = _hub_error(err.value, "org/some-model")
+        assert hub is not None and "--model /path/to/checkpoint" in str(hub) and "org/some-model" in str(hub)
+    finally:
+        _http.set_client_factory(_http.default_client_factory)
+        server.close()

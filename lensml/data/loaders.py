@@ -177,6 +177,12 @@ def _bactrian(source: str, langs: list[str]) -> list[dict]:
     return [{"_id": i, **{lang: per_lang[lang][i] for lang in langs}} for i in common]
 
 
+def _has(row: dict, lang: str) -> bool:
+    """A text in `lang` that is more than whitespace (values are strings once checked)."""
+    value = row.get(lang)
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _check_values(rows: list[tuple[dict, str]], langs: list[str], source: str, parallel: bool) -> None:
     """Every value of a requested language is a string, and every language has texts.
 
@@ -190,13 +196,13 @@ def _check_values(rows: list[tuple[dict, str]], langs: list[str], source: str, p
             if value is not None and not isinstance(value, str):
                 raise LensError(f"{where}: the '{lang}' text is a {type(value).__name__}, not a string: fix the row")
     for lang in langs:
-        if not any(row.get(lang) for row, _ in rows):
+        if not any(_has(row, lang) for row, _ in rows):
             raise LensError(f"data {source} has no '{lang}' texts: add them or drop '{lang}' from --langs")
     if not parallel:
         return
     for row, where in rows:
         for lang in langs:
-            if not (row.get(lang) or "").strip():
+            if not _has(row, lang):
                 state = "null" if lang in row and row[lang] is None else "empty" if lang in row else "missing"
                 raise LensError(f"{where}: the '{lang}' text is {state}: every row needs all of {','.join(langs)} "
                                 f"(fix or drop the row, or drop '{lang}' from --langs)")
@@ -221,7 +227,7 @@ def load_texts(source: str, langs: list[str]) -> dict[str, list[str]]:
     """Texts per language for probing (rows need not be parallel)."""
     rows, _ = _rows_with_where(source, langs)
     _check_values(rows, langs, source, parallel=False)
-    return {lang: [row[lang] for row, _ in rows if row.get(lang)] for lang in langs}
+    return {lang: [row[lang] for row, _ in rows if _has(row, lang)] for lang in langs}
 
 
 def require_all(rows: list[dict], langs: list[str], source: str) -> None:

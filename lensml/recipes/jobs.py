@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lensml import distributed, methods
 from lensml.config import RunConfig
+from lensml.card import write_model_card
 from lensml.errors import LensError
 from lensml.io import write_json_atomic
 from lensml.methods.base import MethodInputs
@@ -95,13 +96,14 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
                            train=TrainSummary(result.method, result.steps, result.lr, result.final,
                                               result.trainable_parameters, result.total_parameters),
                            timings_s=timings)
-        write_manifest(tmp, "train", cfg, name, {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
+        manifest = write_manifest(tmp, "train", cfg, name, {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
                        train_resolved=result.resolved, losses=result.history,
                        data={"train_source": cfg.train_data, "train_rows": len(inputs.train_rows),
                              "subspace": str(subspace_path) if subspace_path else None},
                        trainable_parameters=result.trainable_parameters, total_parameters=result.total_parameters,
                        trainable_share=result.trainable_share)
         write_json_atomic(tmp / "report.json", report.to_dict())
+        write_model_card(tmp / "model", report, manifest)
         plot_run(report, result.history, tmp / "report.png")
     log.info("wrote %s", out)
     return report

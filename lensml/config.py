@@ -39,6 +39,7 @@ class RunConfig:
     out: str = field(default="runs/default", metadata={"help": "output folder", "section": "output"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder (only once the new one is complete)", "section": "output"})
     push_to_hub: str | None = field(default=None, metadata={"help": "upload OUT/model (with its card) to this Hub repo, OWNER/NAME, when the run succeeds (default: none, off)", "section": "output"})
+    gguf_out: str = field(default="source", metadata={"help": "when the model came from a GGUF file, also write OUT/model.gguf with the changed tensors stored as: source (the file's own type where gguf-py can quantise it, else F16), f16, f32, or none (no GGUF)", "section": "output", "choices": ["source", "f16", "f32", "none"]})
     push_patch: bool = field(default=False, metadata={"help": "with --push-to-hub, upload OUT/patch instead of the full model", "section": "output"})
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apply)
     from lensml.evaluation.cli import add_eval_commands
     add_eval_commands(sub, parents=[verbose])
+    from lensml.analysis import add_plot_command
+    add_plot_command(sub, parents=[verbose])
     return parser
 
 

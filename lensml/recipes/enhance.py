@@ -22,7 +22,8 @@ from lensml.caching import empty_cache
 from lensml.card import check_push, push, write_model_card
 from lensml.probing import probe, shares_prompts
 from lensml.patch import save_patch, snapshot
-from lensml.recipes.stages import patch_info, Stages, check_output, load_inputs, output_dir, save_model, write_manifest
+from lensml.recipes.stages import (Stages, check_output, load_inputs, output_dir, patch_info, save_model,
+                                   write_gguf, write_manifest)
 from lensml.report import RunReport, TrainSummary
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def run(cfg: RunConfig) -> RunReport | None:
             return None
         with stages("save"):
             save_model(model, tok, tmp / "model")
-            save_patch(model, originals, tmp / "patch", patch_info(cfg, name, names))
+            patch_cfg = save_patch(model, originals, tmp / "patch", patch_info(cfg, name, names))
+            write_gguf(cfg, model, tmp, patch_cfg)
         quick_eval = None
         if do_eval:
             with stages("eval_enhanced"):

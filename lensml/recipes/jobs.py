@@ -20,7 +20,8 @@ from lensml.models import load_model
 from lensml.plotting import plot_run
 from lensml.probing import probe
 from lensml.patch import save_patch, snapshot
-from lensml.recipes.stages import patch_info, Stages, check_output, load_inputs, output_dir, save_model, write_manifest
+from lensml.recipes.stages import (Stages, check_output, load_inputs, output_dir, patch_info, save_model,
+                                   write_gguf, write_manifest)
 from lensml.report import RunReport, TrainSummary
 from lensml.subspace import LanguageSubspace
 
@@ -88,7 +89,8 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
             return None
         with stages("save"):
             save_model(model, tok, tmp / "model")
-            save_patch(model, originals, tmp / "patch", patch_info(cfg, name, names))
+            patch_cfg = save_patch(model, originals, tmp / "patch", patch_info(cfg, name, names))
+            write_gguf(cfg, model, tmp, patch_cfg)
             if subspace is not None:
                 subspace.save_pretrained(tmp / "subspace")
         timings = stages.total()

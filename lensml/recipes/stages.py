@@ -134,3 +134,22 @@ def patch_info(cfg: RunConfig, model_name: str, names: list[str]) -> dict:
             "base_revision": cfg.model.revision, "method": cfg.method, "languages": cfg.languages,
             "layers": layers, "options": to_dict(cfg.train)}
 
+
+
+def gguf_source(cfg: RunConfig) -> Path | None:
+    """The GGUF file the model was loaded from (--gguf or a packaged model), if any."""
+    from lensml.models import PACKAGED_MODELS, packaged_gguf
+    if cfg.model.gguf:
+        return Path(cfg.model.gguf)
+    if cfg.model.model in PACKAGED_MODELS:
+        return packaged_gguf(cfg.model.model)
+    return None
+
+
+def write_gguf(cfg: RunConfig, model, directory: Path, patch_cfg: dict) -> dict | None:
+    """OUT/model.gguf for a model that came in as GGUF (see lensml.gguf_export)."""
+    source = gguf_source(cfg)
+    if source is None or cfg.gguf_out == "none" or not patch_cfg.get("tensors"):
+        return None
+    from lensml.gguf_export import export_gguf
+    return export_gguf(model, source, directory / "model.gguf", patch_cfg["tensors"], cfg.gguf_out)

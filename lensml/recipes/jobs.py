@@ -75,11 +75,7 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
         if subspace is not None:
             text = model.config.get_text_config()
             subspace.check_compatible(text.hidden_size, text.num_hidden_layers, cfg.langs, cfg.central)
-            probed_on = subspace.metadata.get("model")
-            if probed_on and probed_on != name:
-                log.warning("the subspace was probed on %s, but the model trained is %s: directions probed on "
-                            "another model rarely fit; probe this model (lens probe) unless they share weights",
-                            probed_on, name)
+            subspace.check_model(name)
         names = method.trainable_names(model, cfg.train)
         originals = snapshot(model, names) if distributed.is_main() else {}
         with stages("train"):

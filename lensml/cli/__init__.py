@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(sub, parents=[verbose])
     from lensml.analysis import add_plot_command
     add_plot_command(sub, parents=[verbose])
+    from lensml.recipes.sweep import add_sweep_command
+    add_sweep_command(sub, parents=[verbose])
     return parser
 
 

@@ -44,14 +44,14 @@ LAMBDAS = "train.loss.lambdas"
 
 @dataclass
 class Setting:
-    """One point of the grid: its own dotted options (coerced) and a readable label per axis."""
+    """One point of the grid: its own dotted options (coerced) and a readable label per axis (option or preset)."""
 
     overrides: dict[str, object] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        return ", ".join(self.labels) or "base options"
+        return ", ".join(self.labels.values()) or "base options"
 
 
 def resolve_name(name: str) -> tuple[str, object]:
@@ -89,7 +89,7 @@ def axis(name: str, values: list) -> list[Setting]:
         raise LensError(f"the sweep grid gives no values for {dotted}")
     short = dotted.removeprefix("train.").removeprefix("loss.")
     coerced = [coerce(v, tp, dotted) for v in values]
-    return [Setting({dotted: v}, [f"{short}={_fmt(v)}"]) for v in coerced]
+    return [Setting({dotted: v}, {dotted: f"{short}={_fmt(v)}"}) for v in coerced]
 
 
 def parse_grid(text: str) -> list[Setting]:
@@ -144,12 +144,12 @@ def preset(name: str, targets: list[str], depth: int | None) -> list[Setting]:
     """layers: how many top layers to train (depth None: one placeholder, for checks before the model loads);
     ablation: the full loss and each term switched off (the push for every target language)."""
     if name == "layers":
-        return [Setting({"train.start_layer": -k}, [f"top {k} layer{'s' if k > 1 else ''}"])
+        return [Setting({"train.start_layer": -k}, {name: f"top {k} layer{'s' if k > 1 else ''}"})
                 for k in (layer_counts(depth) if depth else [1])]
     if name == "ablation":
-        return [Setting({}, ["full loss"]), Setting({"train.loss.lambda1": 0.0}, ["without L1"]),
-                Setting({LAMBDAS: {lang: 0.0 for lang in targets}}, ["without push"]),
-                Setting({"train.loss.lambda3": 0.0}, ["without L3"])]
+        return [Setting({}, {name: "full loss"}), Setting({"train.loss.lambda1": 0.0}, {name: "without L1"}),
+                Setting({LAMBDAS: {lang: 0.0 for lang in targets}}, {name: "without push"}),
+                Setting({"train.loss.lambda3": 0.0}, {name: "without L3"})]
     raise LensError(f"unknown preset '{name}': use {' or '.join(PRESETS)}")
 
 
@@ -161,7 +161,7 @@ def combine(axes: list[list[Setting]]) -> list[Setting]:
         clash = sorted(a for a in mine for b in theirs if a == b or a.startswith(b + ".") or b.startswith(a + "."))
         if clash:
             raise LensError(f"{', '.join(clash)} is set by two grids or presets: give each option once")
-        out = [Setting({**a.overrides, **b.overrides}, a.labels + b.labels) for a, b in itertools.product(out, ax)]
+        out = [Setting({**a.overrides, **b.overrides}, {**a.labels, **b.labels}) for a, b in itertools.product(out, ax)]
     return out
 
 
@@ -218,8 +218,9 @@ class Originals:
             p.requires_grad_(flag)
 
 
-def _cache_key(train) -> tuple:
-    return train.start_layer, train.max_length, train.samples, train.system_prompt, train.cache_device
+def _cache_key(train, start: int) -> tuple:
+    """Settings that agree on these share one reference cache (start: the resolved 0-based layer)."""
+    return start, train.max_length, train.samples, train.system_prompt, train.cache_device
 
 
 def sweep_model(model, tok, name: str, plan: list[tuple[Setting, RunConfig]], inputs, stages: Stages | None = None,
@@ -229,13 +230,13 @@ def sweep_model(model, tok, name: str, plan: list[tuple[Setting, RunConfig]], in
     base = plan[0][1]
     depth = len(decoder_of(model).layers)
     starts = [TopBlock(model, cfg.train.start_layer).start for _, cfg in plan]  # a bad start layer fails now
-    caches, uses = {}, Counter(_cache_key(cfg.train) for _, cfg in plan)
-    first = plan[0][1].train
+    caches, uses = {}, Counter(_cache_key(cfg.train, start) for (_, cfg), start in zip(plan, starts))
+    first, first_key = plan[0][1].train, _cache_key(plan[0][1].train, starts[0])
     with stages("probe"):
         if shares_prompts(inputs.probe_texts, base.probe, inputs.train_rows, first, base.languages):
-            caches[_cache_key(first)] = empty_cache(model, tok, inputs.train_rows, base.languages, base.central, first)
+            caches[first_key] = empty_cache(model, tok, inputs.train_rows, base.languages, base.central, first)
         subspace = probe(model, tok, inputs.probe_texts, base.central, base.probe, name, base.probe_data,
-                         cache=caches.get(_cache_key(first)))
+                         cache=caches.get(first_key))
     with stages("eval_base"):
         before = quick.answer_before(model, tok, inputs.held_out, base.central, base.eval)
         base_eval, _ = quick.compare(before, before, base.eval)
@@ -244,8 +245,8 @@ def sweep_model(model, tok, name: str, plan: list[tuple[Setting, RunConfig]], in
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
     for i, ((setting, cfg), start) in enumerate(progress(list(zip(plan, starts)), desc="sweep"), 1):
-        res = SettingResult(i, setting.label, setting.overrides, start, depth - start)
-        key, log_path = _cache_key(cfg.train), log_dir / f"{i:03d}.jsonl" if log_dir else None
+        res = SettingResult(i, setting.label, setting.overrides, start, depth - start, labels=setting.labels)
+        key, log_path = _cache_key(cfg.train, start), log_dir / f"{i:03d}.jsonl" if log_dir else None
         t = time.perf_counter()
         try:
             if key not in caches:

@@ -40,6 +40,7 @@ class SettingResult:
     final: dict = field(default_factory=dict)
     train_s: float = 0.0
     quick: QuickEval | None = None
+    labels: dict = field(default_factory=dict)   # per axis of the grid (option or preset name)
 
     @property
     def nll_change(self) -> float | None:
@@ -185,8 +186,8 @@ def _layers(plt, result: SweepResult):
     against the number of top layers trained."""
     groups: dict[str, list[SettingResult]] = {}
     for s in result.ok:
-        other = {k: v for k, v in s.overrides.items() if k != "train.start_layer"}
-        groups.setdefault(", ".join(f"{k.rpartition('.')[2]}={v}" for k, v in other.items()), []).append(s)
+        other = [label for axis, label in s.labels.items() if axis not in ("train.start_layer", "layers")]
+        groups.setdefault(", ".join(other), []).append(s)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key, metric, ax in (("fidelity", "fidelity", axes[0]), ("clean_fidelity", "clean fidelity", axes[1])):
         for lang in result.targets:
@@ -204,6 +205,8 @@ def _layers(plt, result: SweepResult):
         ax.plot([s.trained_layers for s in members], [100 * s.nll_change for s in members], marker="o", label=name or None)
     ax.axhline(0, linestyle="--", color="grey", linewidth=1)
     ax.set(xscale="log", xlabel="top layers trained", ylabel="% change", title=f"{result.central} answer NLL change")
+    if len(groups) > 1:
+        ax.legend(fontsize=7)
     for ax in axes:
         ticks = sorted({s.trained_layers for s in result.ok})
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -213,21 +216,22 @@ def _layers(plt, result: SweepResult):
 
 
 def _ablation(plt, result: SweepResult):
-    """Bars per setting: each target's fidelity and clean fidelity; the NLL change beside."""
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [3, 1.3]})
+    """Bars per setting: each target's fidelity and clean fidelity (base: dashed), the NLL change below."""
     names = [s.label for s in result.ok]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(8.0, 1.2 * len(names)), 7), sharex=True,
+                                  gridspec_kw={"height_ratios": [2, 1]})
     bars = [(lang, key) for lang in result.targets for key in ("fidelity", "clean_fidelity")]
     width = 0.8 / len(bars)
     for k, (lang, key) in enumerate(bars):
         xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [100 * getattr(s.quick.enhanced[lang], key) for s in result.ok], width,
-               label=f"{lang} {key.replace('_', ' ')}", alpha=1.0 if key == "fidelity" else 0.6)
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-    ax.set(ylim=(0, 105), ylabel="% of held-out answers", title="Ablation: answers in the prompt's language")
-    ax.legend(fontsize=7)
+        drawn = ax.bar(xs, [100 * getattr(s.quick.enhanced[lang], key) for s in result.ok], width,
+                       label=f"{lang} {key.replace('_', ' ')}", alpha=1.0 if key == "fidelity" else 0.6)
+        ax.axhline(100 * getattr(result.base[lang], key), linestyle="--", linewidth=1, color=drawn.patches[0].get_facecolor())
+    ax.set(ylim=(0, 105), ylabel="% of held-out answers", title="Ablation: answers in the prompt's language (dashed: base)")
+    ax.legend(fontsize=7, loc="lower right")
     ax2.bar(range(len(names)), [100 * s.nll_change for s in result.ok], color="tab:red")
     ax2.axhline(0, color="grey", linewidth=1)
-    ax2.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax2.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
     ax2.set(ylabel="% change", title=f"{result.central} answer NLL change")
     fig.suptitle(result.model)
     return fig

@@ -21,9 +21,7 @@ from lensml.plotting import plot_run
 from lensml.caching import empty_cache
 from lensml.card import check_push, push, write_model_card
 from lensml.probing import probe, shares_prompts
-from lensml.patch import save_patch, snapshot
-from lensml.recipes.stages import (Stages, check_output, load_inputs, output_dir, patch_info, save_model,
-                                   write_gguf, write_manifest)
+from lensml.recipes.stages import Stages, check_output, load_inputs, output_dir, train_and_save, write_manifest
 from lensml.report import RunReport, TrainSummary
 
 log = logging.getLogger(__name__)
@@ -62,17 +60,10 @@ def run(cfg: RunConfig) -> RunReport | None:
         if do_bench:
             with stages("benchmarks_base"):
                 bench["base"] = _benchmarks(model, tok, name, cfg, tmp / "eval" / "base")
-        names = method.trainable_names(model, cfg.train)
-        originals = snapshot(model, names) if distributed.is_main() else {}
-        with stages("train"):
-            result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace,
-                                                           cache), cfg.train, log_path=tmp / "losses.jsonl")
-        if not distributed.is_main():
+        result = train_and_save(stages, method, model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central,
+                                                                         subspace, cache), cfg, name, tmp)
+        if result is None:
             return None
-        with stages("save"):
-            save_model(model, tok, tmp / "model")
-            patch_cfg = save_patch(model, originals, tmp / "patch", patch_info(cfg, name, names))
-            write_gguf(cfg, model, tmp, patch_cfg)
         quick_eval = None
         if do_eval:
             with stages("eval_enhanced"):

@@ -19,9 +19,8 @@ from lensml.methods.base import MethodInputs
 from lensml.models import load_model
 from lensml.plotting import plot_run
 from lensml.probing import probe
-from lensml.patch import save_patch, snapshot
-from lensml.recipes.stages import (Stages, check_output, load_inputs, output_dir, patch_info, save_model,
-                                   write_gguf, write_manifest)
+from lensml.recipes.stages import (Stages, check_output, load_inputs, output_dir, save_model, train_and_save,
+                                   write_manifest)
 from lensml.report import RunReport, TrainSummary
 from lensml.subspace import LanguageSubspace
 
@@ -76,19 +75,12 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
             text = model.config.get_text_config()
             subspace.check_compatible(text.hidden_size, text.num_hidden_layers, cfg.langs, cfg.central)
             subspace.check_model(name)
-        names = method.trainable_names(model, cfg.train)
-        originals = snapshot(model, names) if distributed.is_main() else {}
-        with stages("train"):
-            result = method.train(model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace),
-                                  cfg.train, log_path=tmp / "losses.jsonl")
-        if not distributed.is_main():
+        result = train_and_save(stages, method, model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central,
+                                                                         subspace), cfg, name, tmp)
+        if result is None:
             return None
-        with stages("save"):
-            save_model(model, tok, tmp / "model")
-            patch_cfg = save_patch(model, originals, tmp / "patch", patch_info(cfg, name, names))
-            write_gguf(cfg, model, tmp, patch_cfg)
-            if subspace is not None:
-                subspace.save_pretrained(tmp / "subspace")
+        if subspace is not None:
+            subspace.save_pretrained(tmp / "subspace")
         timings = stages.total()
         report = RunReport(model=name, central=cfg.central, languages=cfg.languages,
                            train=TrainSummary(result.method, result.steps, result.lr, result.final,

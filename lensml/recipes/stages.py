@@ -153,3 +153,23 @@ def write_gguf(cfg: RunConfig, model, directory: Path, patch_cfg: dict) -> dict 
         return None
     from lensml.gguf_export import export_gguf
     return export_gguf(model, source, directory / "model.gguf", patch_cfg["tensors"], cfg.gguf_out)
+
+
+def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunConfig, model_name: str, tmp: Path):
+    """Train with a method, then save what every trained run ships: OUT/model, OUT/patch, OUT/model.gguf.
+
+    Returns the TrainResult, or None on a non-main data-parallel process (which saves nothing).
+    """
+    from lensml.patch import save_patch, snapshot
+
+    names = method.trainable_names(model, cfg.train)
+    originals = snapshot(model, names) if distributed.is_main() else {}
+    with stages("train"):
+        result = method.train(model, tokenizer, inputs, cfg.train, log_path=tmp / "losses.jsonl")
+    if not distributed.is_main():
+        return None
+    with stages("save"):
+        save_model(model, tokenizer, tmp / "model")
+        patch_cfg = save_patch(model, originals, tmp / "patch", patch_info(cfg, model_name, names))
+        write_gguf(cfg, model, tmp, patch_cfg)
+    return result

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lensml.data.loaders import load_rows, require_all
+from lensml.data.loaders import load_rows
 from lensml.errors import LensError
 from lensml.models import ModelConfig, input_device, load_model
 from lensml.probing import last_token_states
@@ -104,7 +104,6 @@ def held_out_prompts(run: RunFolder, data: str | None = None, samples: int | Non
     n = samples or recorded.get("samples") or len(rows)
     if len(rows) < n:
         raise LensError(f"data {source} has {len(rows)} prompts, {n} asked: lower --samples or pass other --data")
-    require_all(rows[:n], langs, f"data {source}")
     return {lang: [r[lang] for r in rows[:n]] for lang in langs}, source
 
 

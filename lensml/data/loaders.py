@@ -39,7 +39,7 @@ BACTRIAN_HUB_ID = "MBZUAI/Bactrian-X"
 
 # The readers live in lensml.data.readers; they are re-exported here so data code has one import.
 __all__ = ["embedded_rows", "iter_csv", "iter_json_array", "iter_jsonl", "iter_table", "load_rows", "load_texts",
-           "read_json", "read_jsonl", "require_all"]
+           "read_json", "read_jsonl"]
 
 
 def embedded_rows(split: str = "train") -> list[dict]:
@@ -228,13 +228,4 @@ def load_texts(source: str, langs: list[str]) -> dict[str, list[str]]:
     rows, _ = _rows_with_where(source, langs)
     _check_values(rows, langs, source, parallel=False)
     return {lang: [row[lang] for row, _ in rows if _has(row, lang)] for lang in langs}
-
-
-def require_all(rows: list[dict], langs: list[str], source: str) -> None:
-    """Every row has a text in every language (training and evaluation data)."""
-    for i, row in enumerate(rows):
-        missing = [lang for lang in langs if not row.get(lang)]
-        if missing:
-            raise LensError(f"{source}: row {i + 1} has no '{missing[0]}' text: every row needs all of "
-                            f"{','.join(langs)} (drop the row or the language)")
 

@@ -19,7 +19,7 @@ import torch
 
 from lensml import distributed
 from lensml.config import RunConfig, to_dict
-from lensml.data.loaders import load_rows, load_texts, require_all
+from lensml.data.loaders import load_rows, load_texts
 from lensml.errors import LensError
 from lensml.io import check_free, check_writable, staged_dir, write_json_atomic
 from lensml.provenance import versions
@@ -71,14 +71,12 @@ def load_inputs(cfg: RunConfig, probe: bool, train: bool, held_out: bool) -> Inp
         n = cfg.train.samples if cfg.train.samples is not None else len(rows)
         if len(rows) < n:
             raise LensError(f"training data has {len(rows)} prompts, {n} asked: lower --train-samples or add data")
-        require_all(rows[:n], langs, f"training data {cfg.train_data}")
     held = None
     if held_out:
         held_rows = load_rows(cfg.eval.data, langs)
         n = cfg.eval.samples or len(held_rows)
         if len(held_rows) < n:
             raise LensError(f"evaluation data has {len(held_rows)} prompts, {n} asked: lower --eval.samples")
-        require_all(held_rows[:n], langs, f"evaluation data {cfg.eval.data}")
         held = {lang: [r[lang] for r in held_rows[:n]] for lang in langs}
     return Inputs(probe_texts, rows, held)
 

@@ -57,7 +57,7 @@ def _encode(w: np.ndarray, source_type, wanted: str):
         return w.astype(np.float16), Q.F16
     try:
         return quants.quantize(w.astype(np.float32), source_type), source_type
-    except (NotImplementedError, quants.QuantError, ValueError) as err:
+    except (NotImplementedError, quants.QuantError, ValueError) as err:  # gguf-py cannot quantise some types
         log.warning("gguf-py cannot write %s (%s): the changed tensor is stored as F16", source_type.name, err)
         return w.astype(np.float16), Q.F16
 

@@ -130,9 +130,14 @@ class RunReport:
             raise LensError(f"{path} does not exist: point at a run folder or its report.json") from err
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise LensError(f"{path} is not a valid report (not JSON): re-run the job that wrote it") from err
+        return cls.from_file_doc(doc, path)
+
+    @classmethod
+    def from_file_doc(cls, doc, path: Path) -> "RunReport":
+        """from_dict for a document read from path, with the file named in any error."""
         try:
             return cls.from_dict(doc)
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, AttributeError) as err:
             raise LensError(f"{path} is not a lensml run report (missing {err}): re-run the job that wrote it") from err
 
     def table(self) -> str:

@@ -55,27 +55,22 @@ def load_results(path: str | Path) -> list[tuple[str, dict]]:
     from lensml.report import RunReport
 
     path = Path(path)
-    if path.is_dir() or (path.is_file() and _is_report(path)):
-        report = RunReport.load(path)
-        if not report.benchmarks:
-            raise LensError(f"run {path} has no benchmark results: run it with --eval-tasks, or `lens eval` its model")
-        name = path.name if path.is_dir() else path.parent.name
-        return [(f"{report.model} ({name}: {side})", _check_result(doc, f"{path} ({side})"))
-                for side, doc in report.benchmarks.items()]
+    if path.is_dir():
+        path = path / "report.json"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise LensError(f"result file {path} does not exist") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LensError(f"{path} is not valid JSON: point at a lens eval result or a run folder") from err
-    return [(f"{doc.get('model', '?')} ({path.name})", _check_result(doc, str(path)))]
-
-
-def _is_report(path: Path) -> bool:
-    try:
-        return "schema_version" in json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    if not (isinstance(doc, dict) and "schema_version" in doc):
+        return [(f"{doc.get('model', '?') if isinstance(doc, dict) else '?'} ({path.name})",
+                 _check_result(doc, str(path)))]
+    report = RunReport.from_file_doc(doc, path)
+    if not report.benchmarks:
+        raise LensError(f"run {path.parent} has no benchmark results: run it with --eval-tasks, or `lens eval` its model")
+    return [(f"{report.model} ({path.parent.name}: {side})", _check_result(result, f"{path} ({side})"))
+            for side, result in report.benchmarks.items()]
 
 
 def load_result(path: str | Path) -> dict:

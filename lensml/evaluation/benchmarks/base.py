@@ -15,6 +15,7 @@ benchmark module can import them without a cycle.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
@@ -119,7 +120,7 @@ class RunContext:
         return self._ids["glotlid"]
 
 
-class Benchmark:
+class Benchmark(ABC):
     """Data location and description shared by both kinds; subclass one of the two below."""
 
     name: ClassVar[str] = ""
@@ -157,14 +158,17 @@ class MultipleChoiceBenchmark(Benchmark):
 
     kind: ClassVar[str] = MULTIPLE_CHOICE
 
+    @abstractmethod
     def normalise(self, row: dict, where: str, lang: str) -> MCItem:
         """Check the fields the benchmark needs and return the item with its gold index."""
         raise NotImplementedError
 
+    @abstractmethod
     def loglik_requests(self, item: MCItem) -> tuple[list[tuple[str, str]], list[str]]:
         """(context, continuation) per choice (lm-eval's prompt), and the strings acc_norm divides by."""
         raise NotImplementedError
 
+    @abstractmethod
     def letter_prompt(self, item: MCItem) -> tuple[str, int]:
         """The user message of the letter protocol and its option count (use `letter_message`)."""
         raise NotImplementedError
@@ -181,6 +185,7 @@ class GenerationBenchmark(Benchmark):
 
     kind: ClassVar[str] = GENERATION
 
+    @abstractmethod
     def run(self, model, tokenizer, spec: TaskSpec, ctx: RunContext) -> dict[str, Any]:
         """Answer, grade, write per-item files via ctx.path; return the result entry (task, language, mode,
         n, metric, value, stderr, timings_s)."""

@@ -46,6 +46,7 @@ from lensml.models import ModelConfig, decoder_of, load_model, load_tokenizer, r
 from lensml.probing import ProbeConfig, probe
 from lensml.templating import encode_prompts, gather_last, masked_mean, pad
 from lensml.methods.lens import train
+from lensml.caching import empty_cache
 from lensml.training import TrainConfig
 from transformers import get_cosine_schedule_with_warmup
 
@@ -78,6 +79,11 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-device", default="auto", help="where lensml keeps its reference cache (auto, cpu)")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the trained block")
+    ap.add_argument("--one-pass", action="store_true",
+                    help="probe the training prompts themselves, filling the reference cache in the same forward "
+                         "(what `lens run` does when probe and training data coincide, as with the embedded data)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timed run, profile training on N prompts and print the top operators")
     ap.add_argument("--progress", action="store_true", help="show the library's progress bars")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--shape-scale", type=int, default=1, help=argparse.SUPPRESS)  # divide the shape: CPU dry runs
@@ -207,19 +213,26 @@ def warm_up(model, tok, device) -> None:
 
 
 def lensml_path(model, tok, name, texts, pairs, args, device, rep: Report, keep: dict) -> None:
+    cfg = TrainConfig(start_layer=-2, max_length=args.train_max_length, seed=args.seed, cache_device=args.cache_device,
+                      gradient_checkpointing=args.gradient_checkpointing)
+    cache = None
     t = now(device)
-    pcfg = ProbeConfig(samples=args.probe_samples, max_length=args.probe_max_length)
-    keep["sub"] = sub = probe(model, tok, texts, CENTRAL, pcfg, name, args.probe_data)
+    if args.one_pass:  # probe texts = training prompts, same budget: the cache fills during probing
+        texts = {lang: [r[lang] for r in pairs] for lang in LANGS}
+        pcfg = ProbeConfig(samples=len(pairs), max_length=args.train_max_length)
+        cache = empty_cache(model, tok, pairs, LANGS, CENTRAL, cfg)
+    else:
+        pcfg = ProbeConfig(samples=args.probe_samples, max_length=args.probe_max_length)
+    keep["sub"] = sub = probe(model, tok, texts, CENTRAL, pcfg, name, args.probe_data, cache=cache)
     rep["probe_s"] = now(device) - t
-    print(f"probe: {rep['probe_s']:.2f} s", flush=True)
+    rep["one_pass"] = args.one_pass
+    print(f"probe{' + reference cache (one pass)' if args.one_pass else ''}: {rep['probe_s']:.2f} s", flush=True)
     rep.write()
     stamps: list[float] = []
     hook = register_optimizer_step_post_hook(lambda *_: stamps.append(now(device)))
-    cfg = TrainConfig(start_layer=-2, max_length=args.train_max_length, seed=args.seed, cache_device=args.cache_device,
-                      gradient_checkpointing=args.gradient_checkpointing)
     try:
         t = now(device)
-        res = train(model, tok, sub, pairs, LANGS, CENTRAL, cfg)
+        res = train(model, tok, sub, pairs, LANGS, CENTRAL, cfg, cache=cache)
         rep["lensml_s"] = now(device) - t
     finally:
         hook.remove()
@@ -233,6 +246,28 @@ def lensml_path(model, tok, name, texts, pairs, args, device, rep: Report, keep:
                trainable_share=res.trainable_parameters / max(res.total_parameters, 1))
     print(f"lensml train: {rep['lensml_s']:.2f} s ({res.steps} steps, reference cache "
           f"{res.timings_s.get('reference_cache', 0.0):.2f} s)", flush=True)
+    rep.write()
+
+
+def profile_training(model, tok, sub, pairs, args, device, rep: Report) -> None:
+    """Profile a short LENS training (its own small cache + a few steps); print the top operators.
+
+    Runs after the timed run, from the trained weights: only the shares matter here, not the loss.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = TrainConfig(start_layer=-2, max_length=args.train_max_length, seed=args.seed, cache_device=args.cache_device,
+                      samples=args.profile)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        res = train(model, tok, sub, pairs, LANGS, CENTRAL, cfg)
+    now(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    tables = {k: prof.key_averages().table(sort_by=k, row_limit=25, max_name_column_width=60)
+              for k in dict.fromkeys([key, "self_cpu_time_total"])}
+    rep["profile"] = {"prompts": args.profile, "steps": res.steps, "timings_s": res.timings_s, "tables": tables}
+    for k, table_ in tables.items():
+        print(f"--- profile ({args.profile} prompts, {res.steps} steps; sorted by {k}) ---\n{table_}", flush=True)
     rep.write()
 
 
@@ -369,6 +404,12 @@ def main(argv=None) -> int:
         print(rep["errors"]["lensml"], flush=True)
     rep["peak_mem_gb"] = peak_mem_gb(device)
     rep.write()
+    if args.profile and "sub" in keep:
+        try:
+            profile_training(model, tok, keep["sub"], pairs, args, device, rep)
+        except Exception as err:  # the timed numbers are already written
+            rep["errors"]["profile"] = f"{type(err).__name__}: {err}"
+            print(rep["errors"]["profile"], flush=True)
 
     if not args.skip_authors and "sub" in keep:
         with torch.no_grad():

@@ -21,6 +21,7 @@ import yaml
 from lensml.errors import LensError
 from lensml.evaluation.quick import QuickEvalConfig
 from lensml.evaluation.suite import EvalConfig
+from lensml.methods.sft import SFTConfig
 from lensml.models import ModelConfig
 from lensml.probing import ProbeConfig
 from lensml.training import TrainConfig
@@ -30,7 +31,7 @@ from lensml.training import TrainConfig
 class RunConfig:
     """Everything `lens run` does: probe, evaluate, train, save, evaluate again, report."""
 
-    method: str = field(default="lens", metadata={"help": "training method (lensml.methods registry)", "section": "train"})
+    method: str = field(default="lens", metadata={"help": "how the model is changed: lens, or a baseline to compare with: xsft (fine-tune the same top layers on (prompt, response) pairs), xsft-full (every parameter), qalign (question translation, then English instruction tuning), steer (no training: add the language direction at inference)", "section": "train"})
     model: ModelConfig = field(default_factory=ModelConfig)
     langs: list[str] = field(default_factory=lambda: ["zh"], metadata={"help": "target languages, comma-separated", "section": "data"})
     central: str = field(default="en", metadata={"help": "the central language whose knowledge is inherited", "section": "data"})
@@ -45,6 +46,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: QuickEvalConfig = field(default_factory=QuickEvalConfig)
     benchmarks: EvalConfig = field(default_factory=EvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def __post_init__(self):
         from lensml import methods

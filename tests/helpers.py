@@ -24,6 +24,16 @@ SENTENCES = {
            "Mayai yachemshwe kwa muda gani?", "Pendekeza jina la mkahawa mdogo."],
 }
 
+# Short answers to SENTENCES, same order, for the fine-tuning baselines.
+RESPONSES = {
+    "en": ["Wrap it in a damp towel.", "Mercury and Venus.", "They purr when content.", "Keep a regular bedtime.",
+           "A number with two divisors.", "Grey sky and soft rain.", "About nine minutes.", "Call it Little Bean."],
+    "zh": ["用湿毛巾包起来。", "水星和金星。", "满足时会呼噜。", "保持规律的作息。", "只有两个因数的数。", "灰色的天空和细雨。",
+           "大约九分钟。", "叫它小豆子。"],
+    "sw": ["Ifunge kwa taulo yenye unyevu.", "Zebaki na Zuhura.", "Hupiga kelele wakiridhika.", "Lala saa ileile kila siku.",
+           "Namba yenye vigawanyo viwili.", "Anga la kijivu na mvua nyepesi.", "Kama dakika tisa.", "Uite Kahawa Ndogo."],
+}
+
 
 def build_tokenizer(directory: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -64,12 +74,14 @@ def build_tiny_model(directory: Path, arch: str) -> Path:
     return directory
 
 
-def write_parallel_data(path: Path, langs=("en", "zh", "sw"), repeat: int = 3) -> Path:
-    """JSONL rows {lang: text}, the sentences repeated with a counter to get more rows."""
+def write_parallel_data(path: Path, langs=("en", "zh", "sw"), repeat: int = 3, responses: bool = False) -> Path:
+    """JSONL rows {lang: text}, the sentences repeated with a counter to get more rows (and responses if asked)."""
     n = len(SENTENCES["en"])
     with open(path, "w", encoding="utf-8") as f:
         for r in range(repeat):
             for i in range(n):
                 row = {lang: SENTENCES[lang][i] + ("" if r == 0 else f" ({r})") for lang in langs}
+                if responses:
+                    row["responses"] = {lang: RESPONSES[lang][i] for lang in langs}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path

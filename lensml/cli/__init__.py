@@ -15,7 +15,7 @@ import threading
 from lensml.cli.args import add_config_arguments, config_from
 from lensml.errors import LensError
 
-RUN_SECTIONS = ["model", "data", "probe", "train", "loss", "eval", "benchmarks", "output"]
+RUN_SECTIONS = ["model", "data", "probe", "train", "loss", "sft", "eval", "benchmarks", "output"]
 
 
 class Terminated(Exception):

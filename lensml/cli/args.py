@@ -22,7 +22,8 @@ from lensml.config import RunConfig, iter_fields, load_config
 SECTIONS = {
     "model": "model", "data": "data", "probe": "probing", "train": "training", "loss": "LENS loss",
     "eval": "quick evaluation (held-out prompts answered before and after training)",
-    "benchmarks": "benchmarks (scored before and after training, into OUT/eval)", "output": "output",
+    "benchmarks": "benchmarks (scored before and after training, into OUT/eval)",
+    "sft": "fine-tuning baselines (--method xsft, xsft-full, qalign)", "output": "output",
 }
 ALIASES = {
     "model.model": ["--model"], "model.gguf": ["--gguf"], "model.template": ["--template"], "model.device": ["--device"],

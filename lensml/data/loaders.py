@@ -8,13 +8,21 @@ parallel) or rows {lang: text} (training and evaluation; parallel). Sources:
   ``.json`` file holding a list of such rows;
 - a ``.json`` file with ``Instances: [{"input_en": ..., "input_zh": ...}]`` (the authors' manipulation file);
 - ``CohereForAI/aya_dataset`` or ``aya:PATH`` (jsonl/parquet with inputs, language_code): probing only;
-- ``MBZUAI/Bactrian-X`` or ``bactrian-x:DIR`` (DIR/{lang}.json[l] with id, instruction, input): rows aligned by id;
+- ``MBZUAI/Bactrian-X`` or ``bactrian-x:DIR`` (DIR/{lang}.json[l] with id, instruction, input, output): rows
+  aligned by id, the ``output`` as each row's response;
+- ``alpaca:DIR``: Alpaca-style files DIR/{lang}.json[l] (instruction, input, output), one per language, rows
+  aligned by ``id`` when every row has one, else by position;
 - any Hub dataset, ``hf:OWNER/NAME[:CONFIG][@SPLIT]#MAPPING``, or any local file with ``PATH#MAPPING``, where
   MAPPING is either one column per language, ``en=english,zh=chinese`` (parallel rows), or a text column and a
   language-code column, ``text=inputs,lang=language_code`` (texts per language; 2- or 3-letter codes).
   CONFIG and SPLIT are optional (default config, split ``train``); e.g.
   ``hf:ORG/pairs:v2@validation#en=english,zh=chinese``, ``hf:ORG/mixed#text=inputs,lang=language_code``
   or ``data/pairs.csv#en=source,zh=target``. The Aya and Bactrian-X forms above stay as shortcuts.
+
+Responses (for the fine-tuning baselines, lensml.methods.sft) ride along in each row as
+``"responses": {"en": ..., "zh": ...}``: the embedded data has them for every prompt, a parallel
+``.jsonl``/``.json`` file may carry them in that form, and the Alpaca/Bactrian-X forms take them
+from ``output``. ``load_rows(..., responses=[langs])`` requires them.
 
 Files are UTF-8 ``.jsonl``, ``.json``, ``.csv``/``.tsv`` (with a header) or ``.parquet``. Checked before
 any model loads, each problem named at its file and line (or item): invalid UTF-8 or JSON, a value that is
@@ -130,8 +138,8 @@ def _rows_with_where(source: str, langs: list[str]) -> tuple[list[tuple[dict, st
     if source in ("embedded", "embedded:train", "embedded:heldout"):
         split = source.split(":")[1] if ":" in source else "train"
         return [(r, f"embedded:{split} row {i + 1}") for i, r in enumerate(embedded_rows(split))], False
-    if source == BACTRIAN_HUB_ID or source.startswith("bactrian-x:"):
-        return [(r, f"{source} id {r.pop('_id')}") for r in _bactrian(source, langs)], False
+    if source == BACTRIAN_HUB_ID or source.startswith("bactrian-x:") or source.startswith("alpaca:"):
+        return [(r, f"{source} id {r.pop('_id')}") for r in _instruction_rows(source, langs)], False
     if source == AYA_HUB_ID or source.startswith("aya:"):
         return _aya(source), True
     base, mapping = _split_source(source)
@@ -161,20 +169,43 @@ def _aya(source: str) -> list[tuple[dict, str]]:
     return _mapped(rows, {"text": "inputs", "lang": "language_code"}, source)[0]
 
 
-def _bactrian(source: str, langs: list[str]) -> list[dict]:
+def _prompt_of(row: dict) -> str:
+    """Alpaca/Bactrian-X prompt: the instruction, then the input on its own line when there is one."""
+    return row["instruction"] + ("\n" + row["input"] if row.get("input") else "")
+
+
+def _instruction_rows(source: str, langs: list[str]) -> list[dict]:
+    """Parallel rows from per-language instruction files (Bactrian-X: aligned by id; Alpaca: by id or position)."""
     per_lang: dict[str, dict] = {}
     for lang in langs:
         if source == BACTRIAN_HUB_ID:
-            rows = _hub_rows(BACTRIAN_HUB_ID, lang, "train")
+            rows, where = _hub_rows(BACTRIAN_HUB_ID, lang, "train"), f"{BACTRIAN_HUB_ID}[{lang}]"
         else:
-            folder = Path(source.split(":", 1)[1])
+            kind, folder = source.split(":", 1)
+            folder = Path(folder)
             found = [f for f in (folder / f"{lang}.jsonl", folder / f"{lang}.json") if f.is_file()]
             if not found:
-                raise LensError(f"Bactrian-X folder {folder} has no {lang}.jsonl or {lang}.json: add it or drop '{lang}'")
-            rows = [r for r, _ in iter_table(found[0])]
-        per_lang[lang] = {r["id"]: (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")) for r in rows}
-    common = sorted(set.intersection(*(set(v) for v in per_lang.values())))
-    return [{"_id": i, **{lang: per_lang[lang][i] for lang in langs}} for i in common]
+                raise LensError(f"{kind} folder {folder} has no {lang}.jsonl or {lang}.json: add it or drop '{lang}'")
+            rows, where = [r for r, _ in iter_table(found[0])], str(found[0])
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict) or not isinstance(r.get("instruction"), str):
+                raise LensError(f"{where} row {i + 1} has no 'instruction' text: Alpaca-style rows need "
+                                f"instruction (and optionally input, output)")
+        by_id = all("id" in r for r in rows)
+        if source.startswith("bactrian-x:") or source == BACTRIAN_HUB_ID:
+            if not by_id:
+                raise LensError(f"{where}: Bactrian-X rows need an 'id' to align languages")
+        per_lang[lang] = {(r["id"] if by_id else i): r for i, r in enumerate(rows)}
+    common = sorted(set.intersection(*(set(v) for v in per_lang.values())), key=lambda k: (str(type(k)), k))
+    out = []
+    for key in common:
+        row = {"_id": key, **{lang: _prompt_of(per_lang[lang][key]) for lang in langs}}
+        responses = {lang: per_lang[lang][key]["output"] for lang in langs
+                     if isinstance(per_lang[lang][key].get("output"), str)}
+        if responses:
+            row["responses"] = responses
+        out.append(row)
+    return out
 
 
 def _has(row: dict, lang: str) -> bool:
@@ -208,11 +239,28 @@ def _check_values(rows: list[tuple[dict, str]], langs: list[str], source: str, p
                                 f"(fix or drop the row, or drop '{lang}' from --langs)")
 
 
-def load_rows(source: str, langs: list[str]) -> list[dict]:
+def _check_responses(rows: list[tuple[dict, str]], langs: list[str], source: str) -> None:
+    """Every row has a non-empty response string in every language of langs."""
+    for row, where in rows:
+        resp = row.get("responses")
+        if resp is not None and not isinstance(resp, dict):
+            raise LensError(f"{where}: 'responses' is a {type(resp).__name__}, not an object "
+                            f'{{"en": ..., "zh": ...}}: fix the row')
+        for lang in langs:
+            value = (resp or {}).get(lang)
+            if not isinstance(value, str) or not value.strip():
+                what = "has no responses" if resp is None else f"has no '{lang}' response"
+                raise LensError(f"{where} {what}: this method trains on (prompt, response) pairs, so give data "
+                                f"with responses (embedded, a JSONL with \"responses\": {{lang: text}}, "
+                                f"alpaca:DIR or bactrian-x:DIR)")
+
+
+def load_rows(source: str, langs: list[str], responses: list[str] | None = None) -> list[dict]:
     """Parallel rows {lang: text} from a source (see module docstring).
 
     Every row must hold a non-empty string in every language of `langs`; the first row
     that does not is an error naming its file and line (or item) and the language.
+    With `responses`, every row must also hold a response in each of those languages.
     """
     rows, texts_only = _rows_with_where(source, langs)
     if texts_only:
@@ -220,6 +268,8 @@ def load_rows(source: str, langs: list[str]) -> list[dict]:
     if not rows:
         raise LensError(f"data {source} has no rows: give a non-empty source")
     _check_values(rows, langs, source, parallel=True)
+    if responses:
+        _check_responses(rows, responses, source)
     return [row for row, _ in rows]
 
 

@@ -31,5 +31,6 @@ def get(name: str) -> Method:
 
 
 from lensml.methods import lens  # noqa: E402,F401  (registers LENS)
+from lensml.methods import sft, qalign  # noqa: E402,F401  (registers xsft, xsft-full, qalign)
 
 __all__ = ["Method", "MethodInputs", "get", "names", "register"]

@@ -26,6 +26,7 @@ class MethodInputs:
     central: str
     subspace: LanguageSubspace | None   # None when the method does not need one
     cache: ReferenceCache | None = None  # reference states already computed (filled while probing)
+    responses: list[dict[str, str]] | None = None  # per row {lang: response}, for methods that need them
 
     @property
     def targets(self) -> list[str]:
@@ -40,6 +41,13 @@ class Method(ABC):
     needs_subspace: ClassVar[bool] = True
     #: True when the method reads a lensml.caching.ReferenceCache (the recipe then may fill it while probing).
     uses_reference_cache: ClassVar[bool] = False
+    #: True when the method needs a response per prompt (checked before the model loads).
+    needs_responses: ClassVar[bool] = False
+    #: False for methods that leave the weights alone (steering): the recipe then writes no model copy,
+    #: patch or GGUF, but calls save_pretrained for whatever reproduces the method's effect.
+    changes_weights: ClassVar[bool] = True
+    #: The RunConfig section holding this method's own options (e.g. "sft", "steer"), None when it has none.
+    options_section: ClassVar[str | None] = None
 
     def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
         """Names of the parameters train() may change (what a patch is cut from). Default: all of them."""
@@ -47,5 +55,16 @@ class Method(ABC):
 
     @abstractmethod
     def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
-              log_path: Path | None = None) -> TrainResult:
-        """Change model in place; per-step records go to log_path (JSONL) while training runs."""
+              log_path: Path | None = None, options=None) -> TrainResult:
+        """Change model in place; per-step records go to log_path (JSONL) while training runs.
+
+        options is the method's own config (RunConfig section options_section), None when it has none.
+        """
+
+    def response_languages(self, languages: list[str], central: str, options=None) -> list[str]:
+        """Languages whose responses the training data must hold (checked before the model loads)."""
+        return []
+
+    def save_pretrained(self, directory: Path) -> None:
+        """For methods that do not change weights: write what reproduces their effect into directory."""
+        raise NotImplementedError(f"method '{self.name}' changes weights: the recipe saves the model")

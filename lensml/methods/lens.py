@@ -139,7 +139,7 @@ class LensMethod(Method):
         return [name for name, p in model.named_parameters() if id(p) in ids]
 
     def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
-              log_path: Path | None = None) -> TrainResult:
+              log_path: Path | None = None, options=None) -> TrainResult:
         if inputs.subspace is None:
             raise LensError("LENS needs a probed subspace: run the probe stage or pass --subspace")
         return train(model, tokenizer, inputs.subspace, inputs.rows, inputs.languages, inputs.central, cfg,

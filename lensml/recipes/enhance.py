@@ -15,13 +15,13 @@ from lensml import distributed, methods
 from lensml.config import RunConfig
 from lensml.evaluation import quick
 from lensml.io import write_json_atomic, write_jsonl_atomic
-from lensml.methods.base import MethodInputs
 from lensml.models import load_model
 from lensml.plotting import plot_run
 from lensml.caching import empty_cache
 from lensml.card import check_push, push, write_model_card
 from lensml.probing import probe, shares_prompts
-from lensml.recipes.stages import Stages, check_output, load_inputs, output_dir, train_and_save, write_manifest
+from lensml.recipes.stages import (Stages, check_output, load_inputs, method_inputs, output_dir, response_languages,
+                                   train_and_save, write_manifest)
 from lensml.report import RunReport, TrainSummary
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ def run(cfg: RunConfig) -> RunReport | None:
     do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
     do_bench = bool(cfg.benchmarks.tasks) and distributed.is_main()
     with stages("data"):
-        inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval)
+        inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval,
+                             responses=response_languages(method, cfg))
     with output_dir(out, cfg.overwrite) as tmp:
         with stages("load_model"):
             model, tok, name = load_model(cfg.model)
@@ -60,8 +61,8 @@ def run(cfg: RunConfig) -> RunReport | None:
         if do_bench:
             with stages("benchmarks_base"):
                 bench["base"] = _benchmarks(model, tok, name, cfg, tmp / "eval" / "base")
-        result = train_and_save(stages, method, model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central,
-                                                                         subspace, cache), cfg, name, tmp)
+        result = train_and_save(stages, method, model, tok, method_inputs(method, cfg, inputs, subspace, cache),
+                                cfg, name, tmp)
         if result is None:
             return None
         quick_eval = None

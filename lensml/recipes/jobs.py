@@ -15,11 +15,11 @@ from lensml.config import RunConfig
 from lensml.card import write_model_card
 from lensml.errors import LensError
 from lensml.io import write_json_atomic
-from lensml.methods.base import MethodInputs
 from lensml.models import load_model
 from lensml.plotting import plot_run
 from lensml.probing import probe
-from lensml.recipes.stages import (Stages, check_output, load_inputs, output_dir, save_model, train_and_save,
+from lensml.recipes.stages import (Stages, check_output, load_inputs, method_inputs, output_dir, response_languages,
+                                   save_model, train_and_save,
                                    write_manifest)
 from lensml.report import RunReport, TrainSummary
 from lensml.subspace import LanguageSubspace
@@ -67,7 +67,7 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
             raise LensError(f"method '{cfg.method}' needs a probed subspace: pass --subspace DIR (from lens probe or lens run)")
         subspace = LanguageSubspace.from_pretrained(find_subspace(subspace_path))
     with stages("data"):
-        inputs = load_inputs(cfg, probe=False, train=True, held_out=False)
+        inputs = load_inputs(cfg, probe=False, train=True, held_out=False, responses=response_languages(method, cfg))
     with output_dir(out, cfg.overwrite) as tmp:
         with stages("load_model"):
             model, tok, name = load_model(cfg.model)
@@ -75,8 +75,7 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
             text = model.config.get_text_config()
             subspace.check_compatible(text.hidden_size, text.num_hidden_layers, cfg.langs, cfg.central)
             subspace.check_model(name)
-        result = train_and_save(stages, method, model, tok, MethodInputs(inputs.train_rows, cfg.languages, cfg.central,
-                                                                         subspace), cfg, name, tmp)
+        result = train_and_save(stages, method, model, tok, method_inputs(method, cfg, inputs, subspace), cfg, name, tmp)
         if result is None:
             return None
         if subspace is not None:

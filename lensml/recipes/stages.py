@@ -56,8 +56,12 @@ class Inputs:
     held_out: dict[str, list[str]] | None   # quick-evaluation prompts per language
 
 
-def load_inputs(cfg: RunConfig, probe: bool, train: bool, held_out: bool) -> Inputs:
-    """Read the data a job needs and fail on any shortfall now, not after minutes of model work."""
+def load_inputs(cfg: RunConfig, probe: bool, train: bool, held_out: bool,
+                responses: list[str] | None = None) -> Inputs:
+    """Read the data a job needs and fail on any shortfall now, not after minutes of model work.
+
+    responses: languages whose responses every training row must hold (the fine-tuning baselines).
+    """
     langs = cfg.languages
     probe_texts = load_texts(cfg.probe_data, langs) if probe else None
     if probe_texts is not None:
@@ -66,7 +70,7 @@ def load_inputs(cfg: RunConfig, probe: bool, train: bool, held_out: bool) -> Inp
             if len(texts) < need:
                 raise LensError(f"probe data has {len(texts)} texts for '{lang}', {need} asked: "
                                 f"lower --probe-samples or add data")
-    rows = load_rows(cfg.train_data, langs) if train else None
+    rows = load_rows(cfg.train_data, langs, responses) if train else None
     if rows is not None:
         n = cfg.train.samples if cfg.train.samples is not None else len(rows)
         if len(rows) < n:
@@ -79,6 +83,22 @@ def load_inputs(cfg: RunConfig, probe: bool, train: bool, held_out: bool) -> Inp
             raise LensError(f"evaluation data has {len(held_rows)} prompts, {n} asked: lower --eval.samples")
         held = {lang: [r[lang] for r in held_rows[:n]] for lang in langs}
     return Inputs(probe_texts, rows, held)
+
+
+def method_options(method, cfg: RunConfig):
+    """The method's own config section (RunConfig.sft, .steer), None for a method without one."""
+    return getattr(cfg, method.options_section) if method.options_section else None
+
+
+def response_languages(method, cfg: RunConfig) -> list[str]:
+    return method.response_languages(cfg.languages, cfg.central, method_options(method, cfg))
+
+
+def method_inputs(method, cfg: RunConfig, inputs: Inputs, subspace=None, cache=None):
+    """What a method's train() receives: the rows, languages, subspace, cache and (if it needs them) responses."""
+    from lensml.methods import MethodInputs
+    responses = [r.get("responses") for r in inputs.train_rows] if method.needs_responses else None
+    return MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace, cache, responses)
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -163,7 +183,8 @@ def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunCon
     names = method.trainable_names(model, cfg.train)
     originals = snapshot(model, names) if distributed.is_main() else {}
     with stages("train"):
-        result = method.train(model, tokenizer, inputs, cfg.train, log_path=tmp / "losses.jsonl")
+        result = method.train(model, tokenizer, inputs, cfg.train, log_path=tmp / "losses.jsonl",
+                              options=method_options(method, cfg))
     if not distributed.is_main():
         return None
     with stages("save"):

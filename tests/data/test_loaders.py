@@ -72,10 +72,42 @@ def test_bactrian_local_folder_aligned_by_id(tmp_path):
     for lang, rows in (("en", en), ("zh", zh)):
         (tmp_path / f"{lang}.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows),
                                                 encoding="utf-8")
-    rows = load_rows(f"bactrian-x:{tmp_path}", ["en", "zh"])
-    assert rows == [{"en": "Add 2 and 3.", "zh": "把2和3相加。"}, {"en": "Translate\ncat", "zh": "翻译\n猫"}]
+    rows = load_rows(f"bactrian-x:{tmp_path}", ["en", "zh"], responses=["en", "zh"])
+    assert rows == [{"en": "Add 2 and 3.", "zh": "把2和3相加。", "responses": {"en": "5", "zh": "5"}},
+                    {"en": "Translate\ncat", "zh": "翻译\n猫", "responses": {"en": "...", "zh": "..."}}]
     with pytest.raises(LensError, match="no sw.jsonl"):
         load_rows(f"bactrian-x:{tmp_path}", ["en", "sw"])
+
+
+def test_alpaca_folder_by_position_and_by_id(tmp_path):
+    en = [{"instruction": "Add 2 and 3.", "input": "", "output": "It is 5."},
+          {"instruction": "Translate", "input": "cat", "output": "Katze"}]
+    sw = [{"instruction": "Ongeza 2 na 3.", "input": "", "output": "Ni 5."},
+          {"instruction": "Tafsiri", "input": "paka", "output": "Katze"}]
+    for lang, rows in (("en", en), ("sw", sw)):
+        (tmp_path / f"{lang}.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    rows = load_rows(f"alpaca:{tmp_path}", ["en", "sw"], responses=["sw"])
+    assert rows == [{"en": "Add 2 and 3.", "sw": "Ongeza 2 na 3.", "responses": {"en": "It is 5.", "sw": "Ni 5."}},
+                    {"en": "Translate\ncat", "sw": "Tafsiri\npaka", "responses": {"en": "Katze", "sw": "Katze"}}]
+    (tmp_path / "sw.json").write_text(json.dumps([{"id": 2, **sw[1]}, {"id": 1, **sw[0]}]), encoding="utf-8")
+    (tmp_path / "en.json").write_text(json.dumps([{"id": 1, **en[0]}, {"id": 2, **en[1]}]), encoding="utf-8")
+    assert [r["sw"] for r in load_rows(f"alpaca:{tmp_path}", ["en", "sw"])] == ["Ongeza 2 na 3.", "Tafsiri\npaka"]
+    (tmp_path / "sw.json").write_text(json.dumps([{"prompt": "x"}]), encoding="utf-8")
+    with pytest.raises(LensError, match="sw.json row 1 has no 'instruction'"):
+        load_rows(f"alpaca:{tmp_path}", ["en", "sw"])
+
+
+def test_parallel_jsonl_with_responses(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    rows = [{"en": "Hi?", "zh": "你好？", "responses": {"en": "Hello.", "zh": "你好。"}},
+            {"en": "Why?", "zh": "为什么？", "responses": {"en": "Because."}}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    assert load_rows(str(path), ["en", "zh"], responses=["en"])[0]["responses"] == {"en": "Hello.", "zh": "你好。"}
+    with pytest.raises(LensError, match=r"qa.jsonl:2 has no 'zh' response"):
+        load_rows(str(path), ["en", "zh"], responses=["zh"])
+    path.write_text(json.dumps({"en": "Hi?", "zh": "你好？", "responses": "Hello."}), encoding="utf-8")
+    with pytest.raises(LensError, match="'responses' is a str"):
+        load_rows(str(path), ["en", "zh"], responses=["en"])
 
 
 def test_hub_ids_need_the_datasets_package_or_network(monkeypatch):

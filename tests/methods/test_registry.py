@@ -22,7 +22,7 @@ class CentralLM(Method):
     description = "test method"
     needs_subspace = False
 
-    def train(self, model, tokenizer, inputs, cfg, log_path=None):
+    def train(self, model, tokenizer, inputs, cfg, log_path=None, options=None):
         block = TopBlock(model, cfg.start_layer)
         params = block.parameters()
         for p in model.parameters():

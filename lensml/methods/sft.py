@@ -1,0 +1,218 @@
+"""Supervised fine-tuning baselines: xSFT (top layers) and xSFT-Full (every parameter), as in the LENS paper.
+
+The model learns target-language (prompt, response) pairs under its chat template, with the
+loss on response tokens only. xSFT trains exactly the layers LENS trains (--start-layer), so
+the comparison isolates the objective; xSFT-Full trains everything. The optimiser, schedule,
+epochs, batch (prompts per step, each in every trained language) and seed are LENS's
+(lensml.training.optimise), so the runs compare step for step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lensml.caching import TopBlock
+from lensml.errors import LensError
+from lensml.methods import register
+from lensml.methods.base import Method, MethodInputs
+from lensml.models import decoder_of, input_device
+from lensml.templating import pad, render, tokenize_rendered
+from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
+
+IGNORE = -100
+
+
+@dataclass
+class SFTConfig:
+    """Options of the fine-tuning baselines (xsft, xsft-full, qalign)."""
+
+    include_central: bool = field(default=False, metadata={
+        "help": "xsft: also train on the central language's (prompt, response) pairs"})
+    max_response_tokens: int = field(default=192, metadata={
+        "help": "token budget per response (cut from the right; the end-of-turn token is kept)"})
+
+    def __post_init__(self):
+        if self.max_response_tokens < 2:
+            raise LensError(f"sft.max_response_tokens must be at least 2, got {self.max_response_tokens}")
+
+
+def _response_ids(tokenizer, prompt: str, response: str, system: str | None) -> list[int]:
+    """Tokens of the assistant turn as the chat template writes it (response + end-of-turn).
+
+    Rendering the whole conversation and cutting off the rendered prompt gives exactly the
+    tokens the model would produce, its end-of-turn marker included; a template whose
+    conversation does not start with its own generation prompt falls back to response + EOS.
+    """
+    prefix = render(tokenizer, prompt, system)
+    full = render(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+                  system, generation_prompt=False)
+    if full.startswith(prefix) and len(full) > len(prefix):
+        return tokenizer(full[len(prefix):], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_length: int, max_response: int,
+                system: str | None = None) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one templated pair; labels are IGNORE on the prompt.
+
+    The prompt is templated and cut from the left to max_length, as LENS reads prompts;
+    the response is cut from the right to max_response tokens, keeping its last token
+    (the end-of-turn marker), so the model still learns to stop.
+    """
+    p = tokenize_rendered(tokenizer, render(tokenizer, prompt, system), max_length)
+    r = _response_ids(tokenizer, prompt, response, system)
+    if len(r) > max_response:
+        r = r[:max_response - 1] + r[-1:]
+    return p + r, [IGNORE] * len(p) + r
+
+
+def pad_labels(labels: list[list[int]], width: int) -> torch.Tensor:
+    """Right-pad label lists with IGNORE (sequences are right-padded for training)."""
+    out = torch.full((len(labels), width), IGNORE, dtype=torch.long)
+    for i, seq in enumerate(labels):
+        out[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
+def response_loss(model, input_ids: list[list[int]], labels: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    """Mean next-token cross-entropy over the response tokens of a batch.
+
+    Logits are computed only where a label exists (the LM head over a 49k-152k vocabulary is
+    the largest activation of a step), which gives the same value as the full computation.
+    """
+    batch = pad(input_ids, pad_id, side="right").to(device)
+    target = pad_labels(labels, batch.input_ids.shape[1]).to(device)
+    hidden = decoder_of(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    shifted = target[:, 1:]
+    keep = shifted != IGNORE
+    if not keep.any():
+        raise LensError("no response tokens in a training batch: check the data's responses")
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), shifted[keep])
+
+
+@dataclass
+class Examples:
+    """Tokenised training items: per row, one (ids, labels) per trained language."""
+
+    ids: list[list[list[int]]]
+    labels: list[list[list[int]]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def build_examples(tokenizer, pairs: list[list[tuple[str, str]]], cfg: TrainConfig, sft: SFTConfig) -> Examples:
+    """pairs[row] is a list of (prompt, target) in each trained language."""
+    ids, labels = [], []
+    for row in pairs:
+        enc = [encode_pair(tokenizer, p, r, cfg.max_length, sft.max_response_tokens, cfg.system_prompt) for p, r in row]
+        ids.append([e[0] for e in enc])
+        labels.append([e[1] for e in enc])
+    return Examples(ids, labels)
+
+
+def trainable(model, cfg: TrainConfig, full: bool) -> list[torch.nn.Parameter]:
+    """Every parameter (xsft-full) or exactly LENS's trained block (xsft, qalign)."""
+    if full:
+        return list(model.parameters())
+    return TopBlock(model, cfg.start_layer).parameters()
+
+
+def fine_tune(model, tokenizer, examples: Examples, cfg: TrainConfig, params: list[torch.nn.Parameter],
+              result: TrainResult, log_path: Path | None = None) -> TrainResult:
+    """One pass of lensml.training.optimise over examples, training params on the response loss."""
+    device = input_device(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+
+    def micro_step(idx: list[int], weight: float | None) -> dict[str, float]:
+        seqs = [s for i in idx for s in examples.ids[i]]
+        labs = [lab for i in idx for lab in examples.labels[i]]
+        if weight is None:
+            with torch.no_grad():
+                return {"loss": float(response_loss(model, seqs, labs, tokenizer.pad_token_id, device))}
+        loss = response_loss(model, seqs, labs, tokenizer.pad_token_id, device)
+        (loss * weight).backward()
+        return {"loss": float(loss.detach())}
+
+    model.train()
+    try:
+        optimise(params, len(examples), cfg, micro_step, result, ("loss",), device, log_path)
+    finally:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+    return result
+
+
+def responses_of(inputs: MethodInputs, langs: list[str], method: str) -> list[dict[str, str]]:
+    """The rows' responses in langs, or a clear error (the recipe checks this before loading the model too)."""
+    if inputs.responses is None:
+        raise LensError(f"method '{method}' needs a response per prompt: use training data with responses "
+                        f"(the embedded data, a JSONL with \"responses\", Alpaca-style or Bactrian-X files)")
+    for i, resp in enumerate(inputs.responses):
+        for lang in langs:
+            if not (resp or {}).get(lang):
+                raise LensError(f"training row {i + 1} has no '{lang}' response: method '{method}' needs one "
+                                f"in every trained language")
+    return inputs.responses
+
+
+class _SFT(Method):
+    needs_subspace = False
+    needs_responses = True
+    options_section = "sft"
+    full: bool = False
+
+    def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
+        ids = {id(p) for p in trainable(model, cfg, self.full)}
+        return [name for name, p in model.named_parameters() if id(p) in ids]
+
+    def response_languages(self, languages: list[str], central: str, options: SFTConfig | None = None) -> list[str]:
+        sft = options or SFTConfig()
+        return ([central] if sft.include_central else []) + [lang for lang in languages if lang != central]
+
+    def languages(self, inputs: MethodInputs, sft: SFTConfig) -> list[str]:
+        return self.response_languages(inputs.languages, inputs.central, sft)
+
+    def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
+              log_path: Path | None = None, options: SFTConfig | None = None) -> TrainResult:
+        sft = options or SFTConfig()
+        langs = self.languages(inputs, sft)
+        responses = responses_of(inputs, langs, self.name)
+        n = cfg.samples if cfg.samples is not None else len(inputs.rows)
+        t0 = time.perf_counter()
+        pairs = [[(row[lang], resp[lang]) for lang in langs] for row, resp in zip(inputs.rows[:n], responses[:n])]
+        examples = build_examples(tokenizer, pairs, cfg, sft)
+        params = trainable(model, cfg, self.full)
+        total = sum(p.numel() for p in model.parameters())
+        cfg = size_defaults(cfg, total)
+        result = TrainResult(method=self.name, steps=0, lr=cfg.lr, trainable_parameters=sum(p.numel() for p in params),
+                             total_parameters=total,
+                             resolved={**dataclasses.asdict(cfg), "sft": dataclasses.asdict(sft), "languages": langs})
+        result.timings_s["tokenize"] = time.perf_counter() - t0
+        return fine_tune(model, tokenizer, examples, cfg, params, result, log_path)
+
+
+@register
+class XSFTMethod(_SFT):
+    name = "xsft"
+    description = "xSFT: fine-tune LENS's trainable layers on target-language (prompt, response) pairs"
+
+
+@register
+class XSFTFullMethod(_SFT):
+    name = "xsft-full"
+    description = "xSFT-Full: fine-tune every parameter on target-language (prompt, response) pairs"
+    full = True

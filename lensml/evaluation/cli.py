@@ -55,9 +55,11 @@ def add_eval_commands(subparsers, parents=()) -> None:
 
     c = subparsers.add_parser("compare", parents=list(parents), usage="lens compare RESULT_OR_RUN ... [options]",
                               help="Markdown table of results and runs (paper Table 1 shape), deltas vs the first")
-    c.add_argument("files", nargs="+", help="result JSONs of lens eval, or run folders of lens run --eval-tasks "
-                                            "(two rows each: base and enhanced)")
-    c.add_argument("--out", help="also write the table to this file")
+    c.add_argument("files", nargs="+", help="run folders of lens run (one row per method, plus the base model: "
+                                            "quality per language, English retention, benchmarks, cost), or "
+                                            "result JSONs of lens eval (benchmark table)")
+    c.add_argument("--out", help="also write the table: for run folders NAME.md (+ NAME.json, NAME.png) or a "
+                                 "folder (compare.md/.json/.png); for result JSONs this file")
     c.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an existing --out (default: False)")
     c.set_defaults(func=cmd_compare)
@@ -108,7 +110,13 @@ def cmd_eval(args) -> int:
 
 def cmd_compare(args) -> int:
     from lensml.evaluation.compare import comparison_table, write_table
+    from lensml.evaluation.methods_table import compare_runs, is_run_folder, output_paths
 
+    if all(is_run_folder(f) for f in args.files):  # runs of `lens run`: the methods table (Tables 1 and 5)
+        print(compare_runs(args.files, args.out, args.overwrite), end="")
+        if args.out:
+            print("wrote " + ", ".join(str(p) for p in output_paths(args.out).values()))
+        return 0
     table = comparison_table(args.files)
     print(table, end="")
     if args.out:

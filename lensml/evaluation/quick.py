@@ -7,7 +7,12 @@ what was counted (detected language, echo/loop/empty flags) on each side.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from dataclasses import dataclass, field
+
+import torch
 
 from lensml.evaluation.degeneration import degeneration
 from lensml.errors import LensError
@@ -15,6 +20,8 @@ from lensml.evaluation.generation import answer_nll, generate_answers
 from lensml.evaluation.metrics import share
 from lensml.langid import LanguageIdentifier
 from lensml.report import LanguageScores, QuickEval, Retention
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +35,9 @@ class QuickEvalConfig:
     langid: str = field(default="lingua", metadata={"help": "language identifier: lingua, cld3, glotlid"})
     glotlid_model: str | None = field(default=None, metadata={"help": "GlotLID fastText model file (with --langid glotlid)"})
     enabled: bool = field(default=True, metadata={"help": "run the quick before/after evaluation"})
+    reuse_base: bool = field(default=True, metadata={
+        "help": "reuse the base model's answers from an earlier run when the weights (by hash), tokenizer template, "
+                "prompts and decoding are identical ($LENSML_CACHE/answers); comparing methods then evaluates the base once"})
 
     def __post_init__(self):
         for name in ("max_new_tokens", "batch_size"):
@@ -83,10 +93,47 @@ class Answers:
     central_nll: float
 
 
+def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg: QuickEvalConfig) -> str:
+    """What the base answers depend on: every weight's bytes, the template, prompts, decoding, device and versions.
+
+    Greedy decoding of the same weights on the same device and software gives the same answers,
+    so a hit is the same measurement, not an approximation of it.
+    """
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    meta = {"template": getattr(tokenizer, "chat_template", None), "vocab": len(tokenizer), "prompts": prompts,
+            "central": central, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
+            "device": str(next(model.parameters()).device), "torch": torch.__version__}
+    from transformers import __version__ as transformers_version
+    meta["transformers"] = transformers_version
+    h.update(json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
 def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg: QuickEvalConfig) -> Answers:
     """The base model's answers; its NLL of its own central-language answers is the retention baseline."""
+    from lensml.io import write_json_atomic
+    from lensml.models import cache_dir
+
+    path = cache_dir() / "answers" / f"{base_key(model, tokenizer, prompts, central, cfg)}.json" if cfg.reuse_base else None
+    if path is not None and path.is_file():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            log.info("base answers reused from %s (same weights, template, prompts and decoding)", path)
+            return Answers(prompts, central, doc["answers"], doc["central_nll"])
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("ignoring unreadable base-answer cache %s (%s)", path, err)
     answers = answer_prompts(model, tokenizer, prompts, cfg, "base")
-    return Answers(prompts, central, answers, answer_nll(model, tokenizer, prompts[central], answers[central]))
+    result = Answers(prompts, central, answers, answer_nll(model, tokenizer, prompts[central], answers[central]))
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, {"answers": answers, "central_nll": result.central_nll})
+        except OSError as err:  # a read-only cache costs time next run, not this run's result
+            log.warning("could not cache the base answers at %s: %s", path, err)
+    return result
 
 
 def answer_after(model, tokenizer, before: Answers, cfg: QuickEvalConfig) -> Answers:

@@ -52,3 +52,31 @@ def test_per_language_and_empty_list():
                         ScriptedIdentifier([("Hello, nice to meet you.", "en")]))
     assert out["en"]["clean_fidelity"] == 1.0 and out["en"]["answers"][0]["clean"]
     assert out["zh"]["n"] == 0 and out["zh"]["fidelity"] == 0.0 and out["zh"]["answers"] == []
+
+
+def test_base_answers_are_reused_only_for_identical_weights_and_decoding(tiny_llama, monkeypatch):
+    import torch
+
+    from lensml.evaluation import quick
+    from lensml.models import ModelConfig, load_model
+
+    model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
+    prompts = {"en": ["Why do cats purr?", "What is a prime number?"], "zh": ["猫为什么会发出呼噜声？", "什么是质数？"]}
+    cfg = quick.QuickEvalConfig(max_new_tokens=4)
+    first = quick.answer_before(model, tok, prompts, "en", cfg)
+    calls = []
+    real = quick.generate_answers
+    monkeypatch.setattr(quick, "generate_answers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = quick.answer_before(model, tok, prompts, "en", cfg)
+    assert calls == [] and again.answers == first.answers and again.central_nll == first.central_nll
+    # Any change to what the answers depend on is a miss: decoding, prompts, one weight.
+    quick.answer_before(model, tok, prompts, "en", quick.QuickEvalConfig(max_new_tokens=5))
+    assert len(calls) == 2
+    quick.answer_before(model, tok, {**prompts, "zh": prompts["zh"][:1]}, "en", cfg)
+    assert len(calls) == 4
+    with torch.no_grad():
+        model.model.layers[3].mlp.down_proj.weight[0, 0] += 1e-3
+    quick.answer_before(model, tok, prompts, "en", cfg)
+    assert len(calls) == 6
+    quick.answer_before(model, tok, prompts, "en", quick.QuickEvalConfig(max_new_tokens=4, reuse_base=False))
+    assert len(calls) == 8

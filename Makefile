@@ -7,8 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lensml-installed
 RUN_ARGS ?=
+# `make compare`: LENS and its alternatives on the same model and data, then one table.
+COMPARE_METHODS ?= lens xsft xsft-full qalign steer
+COMPARE_DIR ?= runs/compare
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench compare clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +25,11 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/lens run --out runs/default --overwrite $(RUN_ARGS)
+
+compare: $(STAMP)
+	set -e; for m in $(COMPARE_METHODS); do \
+		$(VENV)/bin/lens run --method $$m --out $(COMPARE_DIR)/$$m --overwrite $(RUN_ARGS); done
+	$(VENV)/bin/lens compare $(addprefix $(COMPARE_DIR)/,$(COMPARE_METHODS)) --out $(COMPARE_DIR) --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -91,7 +91,8 @@ def run(cfg: RunConfig) -> RunReport | None:
                        trainable_parameters=result.trainable_parameters, total_parameters=result.total_parameters,
                        trainable_share=result.trainable_share)
         write_json_atomic(tmp / "report.json", report.to_dict())
-        write_model_card(tmp / "model", report, manifest, cfg.push_to_hub)
+        if method.changes_weights:
+            write_model_card(tmp / "model", report, manifest, cfg.push_to_hub)
         plot_run(report, result.history, tmp / "report.png")
     log.info("wrote %s", out)
     if cfg.push_to_hub:

@@ -174,7 +174,8 @@ def write_gguf(cfg: RunConfig, model, directory: Path, patch_cfg: dict) -> dict 
 
 
 def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunConfig, model_name: str, tmp: Path):
-    """Train with a method, then save what every trained run ships: OUT/model, OUT/patch, OUT/model.gguf.
+    """Train with a method, then save what every trained run ships: OUT/model, OUT/patch, OUT/model.gguf
+    (or, for a method that leaves the weights alone, OUT/steering: what reproduces its effect).
 
     Returns the TrainResult, or None on a non-main data-parallel process (which saves nothing).
     """
@@ -187,6 +188,10 @@ def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunCon
                               options=method_options(method, cfg))
     if not distributed.is_main():
         return None
+    if not method.changes_weights:  # steering: the subspace and settings reproduce it; no copy of the model
+        with stages("save"):
+            method.save_pretrained(tmp / "steering")
+        return result
     with stages("save"):
         save_model(model, tokenizer, tmp / "model")
         patch_cfg = save_patch(model, originals, tmp / "patch", patch_info(cfg, model_name, names))

@@ -241,3 +241,20 @@ def test_file_name_with_hash_and_upper_case_codes(tmp_path):
     mixed.write_text("inputs,language_code\nHello,EN\n你好,zho\nHabari,swh\n", encoding="utf-8")
     texts = load_texts(f"{mixed}#text=inputs,lang=language_code", ["en", "zh", "sw"])
     assert texts == {"en": ["Hello"], "zh": ["你好"], "sw": ["Habari"]}
+
+
+def test_embedded_rows_have_a_response_in_every_language_and_script():
+    import re
+
+    scripts = {"zh": r"[\u4e00-\u9fff]", "ja": r"[\u3040-\u30ff]", "ko": r"[\uac00-\ud7af]",
+               "ar": r"[\u0600-\u06ff]", "bn": r"[\u0980-\u09ff]", "en": r"[A-Za-z]", "sw": r"[A-Za-z]"}
+    langs = list(scripts)
+    for split, n in (("embedded", 200), ("embedded:heldout", 40)):
+        rows = load_rows(split, langs, responses=langs)
+        assert len(rows) == n
+        for row in rows:
+            for lang, pattern in scripts.items():
+                text = row["responses"][lang]
+                assert "\n" not in text and len(re.findall(pattern, text)) >= 5, (row["id"], lang)
+            words = len(row["responses"]["en"].split())
+            assert 15 <= words <= 90, (row["id"], words)

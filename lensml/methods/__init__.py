@@ -32,5 +32,6 @@ def get(name: str) -> Method:
 
 from lensml.methods import lens  # noqa: E402,F401  (registers LENS)
 from lensml.methods import sft, qalign  # noqa: E402,F401  (registers xsft, xsft-full, qalign)
+from lensml.methods import steer  # noqa: E402,F401  (registers steer)
 
 __all__ = ["Method", "MethodInputs", "get", "names", "register"]

@@ -53,9 +53,9 @@ class QAlignMethod(_SFT):
         result = TrainResult(method=self.name, steps=0, lr=cfg.lr, trainable_parameters=sum(p.numel() for p in params),
                              total_parameters=total, resolved={**dataclasses.asdict(cfg), "sft": dataclasses.asdict(sft)})
         result.timings_s["tokenize"] = time.perf_counter() - t0
-        fine_tune(model, tokenizer, ex1, cfg, params, result, log_path)
+        fine_tune(model, tokenizer, ex1, cfg, params, result, log_path, self.block(model, cfg))
         stage1_s, stage1_steps = result.timings_s["steps"], result.steps
-        fine_tune(model, tokenizer, ex2, cfg, params, result, log_path)
+        fine_tune(model, tokenizer, ex2, cfg, params, result, log_path, self.block(model, cfg))
         result.timings_s.update(stage1=stage1_s, stage2=result.timings_s["steps"],
                                 steps=stage1_s + result.timings_s["steps"])
         result.resolved["stage1_steps"] = stage1_steps

@@ -22,7 +22,7 @@ from lensml.errors import LensError
 from lensml.methods import register
 from lensml.methods.base import Method, MethodInputs
 from lensml.models import decoder_of, input_device
-from lensml.templating import pad, render, tokenize_rendered
+from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
 
 IGNORE = -100
@@ -81,22 +81,38 @@ def pad_labels(labels: list[list[int]], width: int) -> torch.Tensor:
     return out
 
 
-def response_loss(model, input_ids: list[list[int]], labels: list[list[int]], pad_id: int, device) -> torch.Tensor:
-    """Mean next-token cross-entropy over the response tokens of a batch.
+def _loss_of(model, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy at the labelled positions, from final (post-norm) states.
 
     Logits are computed only where a label exists (the LM head over a 49k-152k vocabulary is
     the largest activation of a step), which gives the same value as the full computation.
     """
-    batch = pad(input_ids, pad_id, side="right").to(device)
-    target = pad_labels(labels, batch.input_ids.shape[1]).to(device)
-    hidden = decoder_of(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, use_cache=False).last_hidden_state
     shifted = target[:, 1:]
     keep = shifted != IGNORE
     if not keep.any():
         raise LensError("no response tokens in a training batch: check the data's responses")
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])
     return F.cross_entropy(logits.float(), shifted[keep])
+
+
+def response_loss(model, input_ids: list[list[int]], labels: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    """Mean next-token cross-entropy over the response tokens of a batch (full forward)."""
+    batch = pad(input_ids, pad_id, side="right").to(device)
+    target = pad_labels(labels, batch.input_ids.shape[1]).to(device)
+    hidden = decoder_of(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    return _loss_of(model, hidden, target)
+
+
+def cached_response_loss(model, block: TopBlock, hidden_in: list[torch.Tensor], input_ids: list[list[int]],
+                         labels: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    """response_loss from cached start-layer inputs: only the trained block and the LM head run."""
+    batch = pad(input_ids, pad_id, side="right").to(device)
+    target = pad_labels(labels, batch.input_ids.shape[1]).to(device)
+    h = hidden_in[0].new_zeros((len(input_ids), batch.input_ids.shape[1], hidden_in[0].shape[-1]))
+    for row, x in enumerate(hidden_in):
+        h[row, :x.shape[0]] = x
+    return _loss_of(model, block.forward(batch, h.to(device)), target)
 
 
 @dataclass
@@ -127,22 +143,54 @@ def trainable(model, cfg: TrainConfig, full: bool) -> list[torch.nn.Parameter]:
     return TopBlock(model, cfg.start_layer).parameters()
 
 
+@torch.no_grad()
+def cache_inputs(block: TopBlock, examples: Examples, pad_id: int, device, batch_size: int = 16) -> list[list[torch.Tensor]]:
+    """Start-layer inputs of every sequence, from one no-grad pass: the frozen layers below never change.
+
+    The same saving LENS takes (lensml.caching): each step then runs only the trained block and the LM head.
+    """
+    flat = [(r, j) for r in range(len(examples)) for j in range(len(examples.ids[r]))]
+    hidden: list[list] = [[None] * len(row) for row in examples.ids]
+    for group in length_sorted_batches([len(examples.ids[r][j]) for r, j in flat], batch_size):
+        seqs = [examples.ids[flat[g][0]][flat[g][1]] for g in group]
+        h_in, _ = block.full(pad(seqs, pad_id, side="right").to(device))
+        for k, g in enumerate(group):
+            r, j = flat[g]
+            hidden[r][j] = h_in[k, :len(seqs[k])].clone()
+    return hidden
+
+
 def fine_tune(model, tokenizer, examples: Examples, cfg: TrainConfig, params: list[torch.nn.Parameter],
-              result: TrainResult, log_path: Path | None = None) -> TrainResult:
-    """One pass of lensml.training.optimise over examples, training params on the response loss."""
+              result: TrainResult, log_path: Path | None = None, block: TopBlock | None = None) -> TrainResult:
+    """One pass of lensml.training.optimise over examples, training params on the response loss.
+
+    With block (only the top block trains), the layers below run once, not every step.
+    """
     device = input_device(model)
     for p in model.parameters():
         p.requires_grad_(False)
+    model.eval()
+    hidden = None
+    if block is not None:
+        t0 = time.perf_counter()
+        hidden = cache_inputs(block, examples, tokenizer.pad_token_id, device)
+        result.timings_s["input_cache"] = result.timings_s.get("input_cache", 0.0) + time.perf_counter() - t0
     for p in params:
         p.requires_grad_(True)
 
-    def micro_step(idx: list[int], weight: float | None) -> dict[str, float]:
+    def loss_of(idx: list[int]) -> torch.Tensor:
         seqs = [s for i in idx for s in examples.ids[i]]
         labs = [lab for i in idx for lab in examples.labels[i]]
+        if hidden is None:
+            return response_loss(model, seqs, labs, tokenizer.pad_token_id, device)
+        return cached_response_loss(model, block, [h for i in idx for h in hidden[i]], seqs, labs,
+                                    tokenizer.pad_token_id, device)
+
+    def micro_step(idx: list[int], weight: float | None) -> dict[str, float]:
         if weight is None:
             with torch.no_grad():
-                return {"loss": float(response_loss(model, seqs, labs, tokenizer.pad_token_id, device))}
-        loss = response_loss(model, seqs, labs, tokenizer.pad_token_id, device)
+                return {"loss": float(loss_of(idx))}
+        loss = loss_of(idx)
         (loss * weight).backward()
         return {"loss": float(loss.detach())}
 
@@ -179,6 +227,10 @@ class _SFT(Method):
         ids = {id(p) for p in trainable(model, cfg, self.full)}
         return [name for name, p in model.named_parameters() if id(p) in ids]
 
+    def block(self, model, cfg: TrainConfig) -> TopBlock | None:
+        """The trained top block whose inputs are cached, or None when every parameter trains."""
+        return None if self.full else TopBlock(model, cfg.start_layer)
+
     def response_languages(self, languages: list[str], central: str, options: SFTConfig | None = None) -> list[str]:
         sft = options or SFTConfig()
         return ([central] if sft.include_central else []) + [lang for lang in languages if lang != central]
@@ -202,7 +254,7 @@ class _SFT(Method):
                              total_parameters=total,
                              resolved={**dataclasses.asdict(cfg), "sft": dataclasses.asdict(sft), "languages": langs})
         result.timings_s["tokenize"] = time.perf_counter() - t0
-        return fine_tune(model, tokenizer, examples, cfg, params, result, log_path)
+        return fine_tune(model, tokenizer, examples, cfg, params, result, log_path, self.block(model, cfg))
 
 
 @register

@@ -76,6 +76,7 @@ def test_xsft_trains_exactly_its_parameters(name, tiny_llama, qa_data):
     cfg = TrainConfig(lr=1e-2, batch_size=4)
     result = method.train(model, tok, _inputs(qa_data), cfg)
     assert result.method == name and result.steps == 4  # 16 rows / batch 4
+    assert ("input_cache" in result.timings_s) == (name == "xsft")  # only a top block runs from a cache
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
     assert last < first
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
@@ -138,3 +139,34 @@ def test_methods_that_need_responses_refuse_data_without(tiny_llama, parallel_da
         methods.get("xsft").train(model, tok, MethodInputs(rows, ["en", "zh"], "en", None), TrainConfig())
     with pytest.raises(LensError, match="has no responses"):
         load_rows(str(parallel_data), ["en", "zh"], responses=["zh"])
+
+
+def test_cached_block_loss_equals_full_forward(tiny_llama):
+    from lensml.caching import TopBlock
+    from lensml.methods.sft import Examples, cache_inputs, cached_response_loss
+
+    model, tok = _load(tiny_llama)
+    pairs = [encode_pair(tok, "Why do cats purr?", "They purr when content.", 128, 64),
+             encode_pair(tok, "什么是质数？", "只有两个因数的数。", 128, 64),
+             encode_pair(tok, "Describe a rainy morning.", "Grey sky and soft rain.", 128, 64)]
+    ex = Examples([[p[0]] for p in pairs], [[p[1]] for p in pairs])
+    block = TopBlock(model, -2)
+    hidden = cache_inputs(block, ex, tok.pad_token_id, torch.device("cpu"), batch_size=2)
+    ids, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+    with torch.no_grad():
+        full = response_loss(model, ids, labels, tok.pad_token_id, torch.device("cpu"))
+        cached = cached_response_loss(model, block, [h[0] for h in hidden], ids, labels, tok.pad_token_id,
+                                      torch.device("cpu"))
+    assert torch.allclose(full, cached, atol=1e-5), (float(full), float(cached))
+    # And the gradient reaches the top block's weights the same way.
+    grads = []
+    for fn in (lambda: response_loss(model, ids, labels, tok.pad_token_id, torch.device("cpu")),
+               lambda: cached_response_loss(model, block, [h[0] for h in hidden], ids, labels, tok.pad_token_id,
+                                            torch.device("cpu"))):
+        w = model.model.layers[3].mlp.down_proj.weight
+        w.requires_grad_(True)
+        fn().backward()
+        grads.append(w.grad.clone())
+        w.grad = None
+        w.requires_grad_(False)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)

@@ -22,6 +22,7 @@ from lensml.errors import LensError
 from lensml.evaluation.quick import QuickEvalConfig
 from lensml.evaluation.suite import EvalConfig
 from lensml.methods.sft import SFTConfig
+from lensml.steering import SteerConfig
 from lensml.models import ModelConfig
 from lensml.probing import ProbeConfig
 from lensml.training import TrainConfig
@@ -47,6 +48,7 @@ class RunConfig:
     eval: QuickEvalConfig = field(default_factory=QuickEvalConfig)
     benchmarks: EvalConfig = field(default_factory=EvalConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    steer: SteerConfig = field(default_factory=SteerConfig)
 
     def __post_init__(self):
         from lensml import methods

@@ -31,7 +31,10 @@ def plot_run(report: RunReport, history: list[dict], path: Path) -> bool:
     ax.set_ylabel("loss")
     ax.set_yscale("symlog", linthresh=1e-4)
     ax.set_title(f"loss terms ({report.method or 'training'})")
-    ax.legend()
+    if terms:
+        ax.legend()
+    else:  # a method without training steps (steering)
+        ax.text(0.5, 0.5, "no training steps", ha="center", va="center", transform=ax.transAxes)
     if has_eval:
         ax = axes[0][1]
         langs = report.languages

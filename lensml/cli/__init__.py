@@ -15,7 +15,7 @@ import threading
 from lensml.cli.args import add_config_arguments, config_from
 from lensml.errors import LensError
 
-RUN_SECTIONS = ["model", "data", "probe", "train", "loss", "sft", "eval", "benchmarks", "output"]
+RUN_SECTIONS = ["model", "data", "probe", "train", "loss", "sft", "steer", "eval", "benchmarks", "output"]
 
 
 class Terminated(Exception):
@@ -64,7 +64,8 @@ def cmd_apply(args) -> int:
 
 def cmd_chat(args) -> int:
     from lensml.chat import chat
-    return chat(args.model, args.base, args.compare, args.prompt, args.max_new_tokens)
+    return chat(args.model, args.base, args.compare, args.prompt, args.max_new_tokens, args.steer, args.steer_lang,
+                args.steer_strength)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base model to compare with (default: the one the run's manifest names)")
     p.add_argument("--prompt", action="append", help="prompt to answer (repeatable); default: read lines from stdin")
     p.add_argument("--max-new-tokens", type=int, default=128, help="greedy tokens per answer (default: 128)")
+    p.add_argument("--steer", metavar="RUN_OR_SUBSPACE", help="answer with steering hooks (lensml.steering): a `lens run "
+                   "--method steer` folder, or a probe/run folder or subspace with --steer-strength; --compare then "
+                   "shows the model without them (default: none)")
+    p.add_argument("--steer-lang", help="steer every prompt as this language (default: read off each prompt)")
+    p.add_argument("--steer-strength", type=float, help="lambda, replacing the saved one (default: the steer run's)")
     p.set_defaults(func=cmd_chat)
     p = sub.add_parser("apply", parents=[verbose], usage="lens apply PATCH --out DIR [options]",
                        help="apply a run's patch (OUT/patch) to its base model: a full checkpoint in --out")

@@ -23,7 +23,8 @@ SECTIONS = {
     "model": "model", "data": "data", "probe": "probing", "train": "training", "loss": "LENS loss",
     "eval": "quick evaluation (held-out prompts answered before and after training)",
     "benchmarks": "benchmarks (scored before and after training, into OUT/eval)",
-    "sft": "fine-tuning baselines (--method xsft, xsft-full, qalign)", "output": "output",
+    "sft": "fine-tuning baselines (--method xsft, xsft-full, qalign)",
+    "steer": "training-free steering (--method steer)", "output": "output",
 }
 ALIASES = {
     "model.model": ["--model"], "model.gguf": ["--gguf"], "model.template": ["--template"], "model.device": ["--device"],

@@ -7,6 +7,14 @@ booleans as `--save-samples/--no-save-samples` and `--scoring.add-bos/--scoring.
 The flat spellings of earlier versions (`--mode`, `--judge-base-url`, ...) still work
 but are not listed.
 
+--steer RUN_OR_SUBSPACE evaluates the model with steering hooks on (lensml.steering). The hooks add
+lambda * delta_l at the last real position of every forward: under generation (MT-Bench) that is
+the prompt's last token and every generated token, i.e. the steered model's answers; in letter
+mode it is the generation point whose next-token logits are read, so the score is the steered
+model's. In loglik mode it would be the prediction of each continuation's LAST token only (the
+other continuation tokens are scored at earlier, unsteered positions), which is not a steered
+model's likelihood, so --steer with a multiple-choice task in loglik mode is refused.
+
 Exit status: 0 when every task ran; 2 (one-line message) for bad input, and also when
 a judge failed while judging MT-Bench: the result JSON and the answers are written
 first and the message says where, so nothing generated is lost, but a script that
@@ -47,6 +55,12 @@ def add_eval_commands(subparsers, parents=()) -> None:
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an existing --out (default: False)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a busy CPU)")
+    p.add_argument("--steer", metavar="RUN_OR_SUBSPACE",
+                   help="evaluate with steering hooks: a `lens run --method steer` folder, or a probe/run folder or "
+                        "subspace with --steer-strength; generation tasks and --scoring.mode letter only (loglik would "
+                        "steer just each continuation's last token) (default: none)")
+    p.add_argument("--steer-lang", help="steer every prompt as this language (default: read off each prompt)")
+    p.add_argument("--steer-strength", type=float, help="lambda, replacing the saved one (default: the steer run's)")
     add_config_arguments(p, ["model"], cls=ModelConfig, tag="model", prefix="model.", titles=_EVAL_SECTIONS,
                          config_file=False)
     add_config_arguments(p, ["options", "scoring", "generation", "judge"], cls=EvalConfig, tag="eval",
@@ -91,12 +105,16 @@ def cmd_eval(args) -> int:
         raise LensError(f"output {out} already exists: pass --overwrite or choose another --out")
     cfg = load_config(None, overrides_of(args, "eval"), EvalConfig)  # validated before the model loads
     model_cfg = load_config(None, overrides_of(args, "model"), ModelConfig)
+    steering = _steering(args, cfg)  # checked before the model loads
     if args.threads is not None:
         if args.threads < 1:
             raise LensError(f"--threads must be at least 1, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)
     model, tok, name = load_model(model_cfg)
+    if steering is not None:
+        steering.attach(model, name)  # left on: the process ends with the evaluation
+        name = f"{name} + steer({args.steer}, lambda={steering.cfg.strength:g}, lang={steering.cfg.lang or 'read off'})"
     doc = evaluate(model, tok, name, cfg, out.parent, result_file=out.name, overwrite=args.overwrite)
     print(format_results(doc))
     print(f"wrote {out}")
@@ -106,6 +124,33 @@ def cmd_eval(args) -> int:
         raise LensError(f"the judge failed on {e['task']}:{e['language']} ({e['judge_error']}); answers saved in "
                         f"{out.parent / e['answers_file']}, results without a score in {out}: fix the judge and rerun")
     return 0
+
+
+def _steering(args, cfg):
+    """The Steering of --steer (None without it); refused where its effect on the score is not meaningful."""
+    steer, lang = getattr(args, "steer", None), getattr(args, "steer_lang", None)
+    strength = getattr(args, "steer_strength", None)
+    if steer is None:
+        if lang is not None or strength is not None:
+            raise LensError("--steer-lang and --steer-strength need --steer RUN_OR_SUBSPACE")
+        return None
+    from lensml.steering import Steering
+
+    check_steerable(cfg)
+    return Steering.from_pretrained(steer, strength=strength, lang=lang)
+
+
+def check_steerable(cfg) -> None:
+    """Refuse benchmarks whose score steering would not change as a steered model's (see the module doc):
+    multiple-choice tasks in loglik mode. For `lens eval --steer` and a steer run's --eval-tasks alike."""
+    from lensml.evaluation import benchmarks
+    from lensml.evaluation.benchmarks.base import MULTIPLE_CHOICE
+    from lensml.evaluation.tasks import parse_tasks
+
+    if cfg.scoring.mode == "loglik" and cfg.tasks and any(
+            benchmarks.get(spec.name).kind == MULTIPLE_CHOICE for spec in parse_tasks(cfg.tasks)):
+        raise LensError("steering with loglik scoring would steer only each continuation's last token, not the "
+                        "whole answer: pass --scoring.mode letter, or evaluate generation tasks only")
 
 
 def cmd_compare(args) -> int:

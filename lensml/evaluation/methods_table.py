@@ -9,7 +9,8 @@ central language or language set are put in their own group with its own heading
 Columns: per target language fidelity, clean fidelity, echo and loop shares (held-out
 prompts, n given); central-language retention (fidelity and the NLL of the base model's own
 answers, relative change); benchmark results where the runs had --eval-tasks; cost (training
-seconds, total seconds, trainable-parameter share, peak memory).
+seconds (LENS's reference pass runs inside the probe when the prompts coincide), total seconds,
+trainable-parameter share, peak memory).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def cost_rows(g: Group) -> list[dict]:
     out = []
     for row in g.rows:
         t, tr = row.report.timings_s, row.report.train
-        out.append({"method": row.label, "train_s": t.get("train"), "total_s": t.get("total"),
+        out.append({"method": row.label, "probe_s": t.get("probe"), "train_s": t.get("train"), "total_s": t.get("total"),
                     "steps": tr.steps if tr else None, "lr": tr.lr if tr else None,
                     "trainable_share": tr.trainable_share if tr else None,
                     "host_gb": row.peak_memory.get("host_gb"), "device_gb": row.peak_memory.get("device_gb"),
@@ -155,13 +156,13 @@ def group_markdown(g: Group) -> str:
         cells += [_pct(c["fidelity"]), _pct(c["clean_fidelity"]),
                   f"{r['retention_nll']:.4f} ({100 * r['nll_change']:+.2f}%)"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| method | steps | peak lr | trainable share | train (s) | total (s) | peak host GB | peak device GB |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| method | steps | peak lr | trainable share | probe (s) | train (s) | total (s) | peak host GB "
+                  "| peak device GB |", "|---|---|---|---|---|---|---|---|---|"]
     fmt = (lambda v, f: "-" if v is None else f.format(v))  # noqa: E731
     for r in cost_rows(g):
         lines.append(f"| {r['method']} | {fmt(r['steps'], '{}')} | {fmt(r['lr'], '{:.1e}')} | "
                      f"{fmt(r['trainable_share'] and 100 * r['trainable_share'], '{:.2f}%')} | "
-                     f"{fmt(r['train_s'], '{:.1f}')} | {fmt(r['total_s'], '{:.1f}')} | "
+                     f"{fmt(r['probe_s'], '{:.1f}')} | {fmt(r['train_s'], '{:.1f}')} | {fmt(r['total_s'], '{:.1f}')} | "
                      f"{fmt(r['host_gb'], '{:.2f}')} | {fmt(r['device_gb'], '{:.2f}')} |")
     bench = [row for row in g.rows if row.report.benchmarks and "enhanced" in row.report.benchmarks]
     if bench:

@@ -136,11 +136,18 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
     return result
 
 
-def answer_after(model, tokenizer, before: Answers, cfg: QuickEvalConfig) -> Answers:
-    """The enhanced model's answers, and its NLL of the *base* model's central answers (same text, new model)."""
+def answer_after(model, tokenizer, before: Answers, cfg: QuickEvalConfig, nll=None) -> Answers:
+    """The enhanced model's answers, and its NLL of the *base* model's central answers (same text, new model).
+
+    nll(model, tokenizer, prompts, answers) replaces the plain teacher-forced NLL for a method whose
+    effect that forward cannot see (steering: lensml.methods.base.Method.answer_nll); None keeps it.
+    """
     answers = answer_prompts(model, tokenizer, before.prompts, cfg, "enhanced")
     c = before.central
-    return Answers(before.prompts, c, answers, answer_nll(model, tokenizer, before.prompts[c], before.answers[c]))
+    value = nll(model, tokenizer, before.prompts[c], before.answers[c]) if nll is not None else None
+    if value is None:
+        value = answer_nll(model, tokenizer, before.prompts[c], before.answers[c])
+    return Answers(before.prompts, c, answers, value)
 
 
 def compare(before: Answers, after: Answers, cfg: QuickEvalConfig) -> tuple[QuickEval, list[dict]]:

@@ -65,6 +65,11 @@ class Method(ABC):
         """Languages whose responses the training data must hold (checked before the model loads)."""
         return []
 
+    def answer_nll(self, model, tokenizer, prompts: list[str], answers: list[str]) -> float | None:
+        """The changed model's NLL of given answers, for methods whose effect a plain teacher-forced forward
+        does not see (steering); None: the quick evaluation's own computation is right."""
+        return None
+
     def save_pretrained(self, directory: Path) -> None:
         """For methods that do not change weights: write what reproduces their effect into directory."""
         raise NotImplementedError(f"method '{self.name}' changes weights: the recipe saves the model")

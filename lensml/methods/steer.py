@@ -20,14 +20,16 @@ from lensml.models import decoder_of
 from lensml.steering import Steering, SteerConfig, SteeringHandle, choose_strength, read_off_accuracy
 from lensml.training import TrainConfig, TrainResult
 
-#: Training prompts per language on which the read-off accuracy is recorded (one forward each, no generation).
-READ_OFF_PROMPTS = 40
+#: Training prompts per language whose read-off is checked (one forward each); the held-out figure is the recipe's
+#: to take (lensml.steering.read_off_accuracy on its held-out prompts): these overlap the probe data.
+READ_OFF_PROMPTS = 16
 
 
 @register
 class SteerMethod(Method):
     name = "steer"
-    description = "training-free: add lambda * delta_l in the language-specific subspace to the top layers' last-position states"
+    description = ("training-free: add lambda * delta_l in the language-specific subspace to the top layers' "
+                   "last-position states")
     needs_subspace = True
     changes_weights = False
     options_section = "steer"
@@ -71,6 +73,13 @@ class SteerMethod(Method):
                            total_parameters=total,
                            resolved={"steer": dataclasses.asdict(options), "measurement": measurement,
                                      "read_off_accuracy_train": read_off})
+
+    def answer_nll(self, model, tokenizer, prompts: list[str], answers: list[str]) -> float | None:
+        """Steered as generation steers (every position from the prompt's last token on): the retention figure."""
+        from lensml.steering import answer_nll
+        if self.handle is None or not self.handle.attached:
+            raise LensError("the steer method has no hooks attached: call train first")
+        return answer_nll(model, tokenizer, prompts, answers, handle=self.handle)
 
     def save_pretrained(self, directory: Path) -> None:
         """OUT/steering: steering.json (settings and the strength measurement) + subspace/."""

@@ -37,6 +37,9 @@ def run(cfg: RunConfig) -> RunReport | None:
     stages = Stages()
     do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
     do_bench = bool(cfg.benchmarks.tasks) and distributed.is_main()
+    if not method.changes_weights and do_bench:
+        from lensml.evaluation.cli import check_steerable
+        check_steerable(cfg.benchmarks)  # before anything loads
     with stages("data"):
         inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval,
                              responses=response_languages(method, cfg))
@@ -68,7 +71,7 @@ def run(cfg: RunConfig) -> RunReport | None:
         quick_eval = None
         if do_eval:
             with stages("eval_enhanced"):
-                after = quick.answer_after(model, tok, before, cfg.eval)
+                after = quick.answer_after(model, tok, before, cfg.eval, nll=method.answer_nll)
                 quick_eval, rows = quick.compare(before, after, cfg.eval)
             write_jsonl_atomic(tmp / "answers.jsonl", rows)
         if do_bench:

@@ -140,6 +140,7 @@ def test_eval_steers_letter_scoring_and_refuses_loglik(tiny, tiny_llama, tmp_pat
     common = ["eval", "--model", str(tiny_llama), "--tasks", task, "--limit", "2", "--steer", str(run)]
     assert main([*common, "--out", str(tmp_path / "loglik.json")]) == 2
     assert "loglik scoring would steer only each continuation's last token" in capsys.readouterr().err
+    assert not (tmp_path / "loglik.json").exists()
     out = tmp_path / "letter.json"
     assert main([*common, "--out", str(out), "--scoring.mode", "letter"]) == 0
     doc = json.loads(out.read_text())

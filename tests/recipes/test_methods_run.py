@@ -10,7 +10,7 @@ from lensml.evaluation.methods_table import compare_runs, group_runs, load_run
 from lensml.report import RunReport
 from tests.helpers import write_parallel_data
 
-METHODS = ["lens", "xsft", "xsft-full", "qalign"]
+METHODS = ["lens", "xsft", "xsft-full", "qalign", "steer"]
 
 
 def args(model_dir, data, out, method, langs="zh"):
@@ -24,7 +24,8 @@ def runs(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
     data = write_parallel_data(root / "qa.jsonl", repeat=2, responses=True)
     for method in METHODS:
-        assert main(args(tiny_llama, data, root / method, method)) == 0
+        extra = ["--steer.select-prompts", "2", "--steer.select-tokens", "6"] if method == "steer" else []
+        assert main(args(tiny_llama, data, root / method, method) + extra) == 0
     return root, data
 
 
@@ -36,8 +37,14 @@ def test_every_method_writes_the_same_outputs(runs, tiny_llama):
         out = root / method
         report = RunReport.load(out)
         manifest = json.loads((out / "manifest.json").read_text())
-        assert report.method == method == manifest["method"] and report.train.steps == (4 if method == "qalign" else 2)
-        assert manifest["train_resolved"]["lr"] == 1e-3 and set(report.quick_eval.enhanced) == {"en", "zh"}
+        assert report.method == method == manifest["method"] and set(report.quick_eval.enhanced) == {"en", "zh"}
+        if method == "steer":  # no training, no model copy: the subspace and the settings reproduce it
+            assert report.train.steps == 0 and report.train.trainable_parameters == 0
+            assert (out / "steering" / "steering.json").is_file() and not (out / "model").exists()
+            assert not (out / "patch").exists() and manifest["train_resolved"]["steer"]["strength"] is not None
+            continue
+        assert report.train.steps == (4 if method == "qalign" else 2)
+        assert manifest["train_resolved"]["lr"] == 1e-3
         assert (out / "patch" / "patch_config.json").is_file() and (out / "model" / "README.md").is_file()
         model = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
         changed = {k for k, v in model.items() if not torch.equal(v, base[k])}
@@ -55,7 +62,7 @@ def test_compare_runs_table_json_and_picture(runs, tmp_path):
     assert lines[0].startswith("### ") and "en -> zh (4 held-out prompts per language)" in lines[0]
     header = next(line for line in lines if line.startswith("| method | zh fidelity"))
     assert header.split(" | ")[1:5] == ["zh fidelity", "zh clean", "zh echo", "zh loop"] and "en NLL (change)" in header
-    quality = [line.split(" | ")[0][2:] for line in lines[lines.index(header) + 2:lines.index(header) + 7]]
+    quality = [line.split(" | ")[0][2:] for line in lines[lines.index(header) + 2:lines.index(header) + 8]]
     assert quality == ["base", *METHODS]
     doc = json.loads((tmp_path / "cmp.json").read_text())
     g = doc["groups"][0]
@@ -67,6 +74,7 @@ def test_compare_runs_table_json_and_picture(runs, tmp_path):
     assert g["quality"][0]["languages"]["zh"]["fidelity"] == RunReport.load(root / "lens").quick_eval.base["zh"].fidelity
     shares = {r["method"]: r["trainable_share"] for r in g["cost"]}
     assert shares["xsft-full"] == 1.0 and 0 < shares["lens"] == shares["xsft"] == shares["qalign"] < 1
+    assert shares["steer"] == 0.0
     assert all(r["train_s"] > 0 and r["host_gb"] > 0 for r in g["cost"])
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
     with pytest.raises(Exception, match="already exists"):
@@ -133,7 +141,7 @@ def test_methods_table_cells_by_hand(tmp_path):
     assert rows["lens"][6].startswith("0.7960 (-0.50%)") and rows["xsft"][6].startswith("0.8800 (+10.00%)")
     assert rows["base"][6].startswith("0.8000 (+0.00%)")
     cost = [line for line in text.splitlines() if line.startswith("| xsft | 25 |")]
-    assert cost == ["| xsft | 25 | 1.0e-03 | 30.00% | 12.5 | 100.0 | 1.50 | - |"]
+    assert cost == ["| xsft | 25 | 1.0e-03 | 30.00% | - | 12.5 | 100.0 | 1.50 | - |"]
     assert "Not comparable" not in text
     c = _fake_run(tmp_path / "c", "qalign", 0.5, 0.5, 0.8, 0.3, base_fid=0.5)  # another base: not like for like
     assert "**Not comparable:** the base answers of qalign" in compare_runs([a, c])

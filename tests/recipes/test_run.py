@@ -62,9 +62,15 @@ def test_run_end_to_end(tiny_llama, parallel_data, tmp_path, capsys):
     assert {"detected", "echo", "loop", "empty"} <= set(answers[0]["base_check"])
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert no_leftovers(tmp_path)
-    # lens compare reads the run itself: two rows, base and enhanced, from the RunReport.
+    # lens compare reads the run folder itself: the base row and the method's row, quality and benchmarks.
     capsys.readouterr()
     assert main(["compare", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    bench = [r for r in rows if "XCOPA Zh" in r][0]
+    below = rows[rows.index(bench) + 1:rows.index(bench) + 4]
+    assert below[0].startswith("| base |") and below[1].startswith("| lens |") and below[2].startswith("| Δ vs base")
+    # The run's report.json alone is a result file: the benchmark table, base and enhanced.
+    assert main(["compare", str(out / "report.json")]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert "(run: base)" in rows[1] and "(run: enhanced)" in rows[2] and rows[3].startswith("| Δ vs")
 

@@ -15,7 +15,8 @@ from lensml.errors import LensError
 from lensml.evaluation.generation import answer_nll as plain_answer_nll
 from lensml.models import ModelConfig, decoder_of, load_model
 from lensml.probing import ProbeConfig, probe
-from lensml.steering import SteerConfig, Steering, answer_nll, choose_strength, read_off, read_off_accuracy
+from lensml.steering import SteerConfig, Steering, read_off
+from lensml.steering_measure import answer_nll, choose_strength, read_off_accuracy
 from lensml.subspace import LanguageSubspace
 from lensml.templating import encode_prompts, pad
 from tests.helpers import SENTENCES

@@ -1,7 +1,7 @@
 """`--method steer`: the training-free baseline. Steer along the probed directions, change no weight.
 
 train() picks lambda by measurement on the training prompts when it is not given
-(lensml.steering.choose_strength), attaches the hooks and leaves them on, so whatever
+(lensml.steering_measure.choose_strength), attaches the hooks and leaves them on, so whatever
 the recipe runs next (the "after" quick evaluation, benchmarks) sees the steered model.
 What reproduces the effect is the subspace and the settings (save_pretrained), not a
 copy of the model.
@@ -17,11 +17,12 @@ from lensml.errors import LensError
 from lensml.methods import register
 from lensml.methods.base import Method, MethodInputs
 from lensml.models import decoder_of
-from lensml.steering import Steering, SteerConfig, SteeringHandle, choose_strength, read_off_accuracy
+from lensml.steering import Steering, SteerConfig, SteeringHandle
+from lensml.steering_measure import choose_strength, read_off_accuracy
 from lensml.training import TrainConfig, TrainResult
 
 #: Training prompts per language whose read-off is checked (one forward each); the held-out figure is the recipe's
-#: to take (lensml.steering.read_off_accuracy on its held-out prompts): these overlap the probe data.
+#: to take (lensml.steering_measure.read_off_accuracy on its held-out prompts): these overlap the probe data.
 READ_OFF_PROMPTS = 16
 
 
@@ -76,7 +77,7 @@ class SteerMethod(Method):
 
     def answer_nll(self, model, tokenizer, prompts: list[str], answers: list[str]) -> float | None:
         """Steered as generation steers (every position from the prompt's last token on): the retention figure."""
-        from lensml.steering import answer_nll
+        from lensml.steering_measure import answer_nll
         if self.handle is None or not self.handle.attached:
             raise LensError("the steer method has no hooks attached: call train first")
         return answer_nll(model, tokenizer, prompts, answers, handle=self.handle)

@@ -13,30 +13,14 @@ import torch
 
 from lensml.errors import LensError
 from lensml.evaluation.generation import answer_nll as plain_answer_nll
-from lensml.models import ModelConfig, decoder_of, load_model
-from lensml.probing import ProbeConfig, probe
+from lensml.models import decoder_of
 from lensml.steering import SteerConfig, Steering, read_off
 from lensml.steering_measure import answer_nll, choose_strength, read_off_accuracy
 from lensml.subspace import LanguageSubspace
 from lensml.templating import encode_prompts, pad
 from tests.helpers import SENTENCES
 
-LANGS = ["en", "zh", "sw"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama):
-    model, tok, name = load_model(ModelConfig(model=str(tiny_llama)))
-    sub = probe(model, tok, {lang: SENTENCES[lang] for lang in LANGS}, "en", ProbeConfig(), name)
-    return model, tok, name, sub
+from tests.steering_fixtures import LANGS, _one_thread, tiny  # noqa: F401  (fixtures)
 
 
 def _batch(tok, prompts, side="left"):

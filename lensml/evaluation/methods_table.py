@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lensml.data.readers import read_json
 from lensml.errors import LensError
 from lensml.report import LanguageScores, RunReport
 
@@ -50,13 +51,9 @@ def load_run(path: str | Path) -> RunRow:
     if not path.is_dir():
         raise LensError(f"{path} is not a run folder: `lens compare` of methods takes folders written by `lens run`")
     report = RunReport.load(path)
-    manifest_path = path / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise LensError(f"{path} has no manifest.json: point at a folder written by `lens run`") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LensError(f"{manifest_path} is not valid JSON: re-run the job that wrote it") from err
+    if not (path / "manifest.json").is_file():
+        raise LensError(f"{path} has no manifest.json: point at a folder written by `lens run`")
+    manifest = read_json(path / "manifest.json")  # names the file and line of bad JSON or UTF-8
     if report.quick_eval is None:
         raise LensError(f"run {path} has no quick evaluation (it ran with --eval.no-enabled): re-run it with the "
                         f"evaluation on to compare it")

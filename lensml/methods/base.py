@@ -72,4 +72,6 @@ class Method(ABC):
 
     def save_pretrained(self, directory: Path) -> None:
         """For methods that do not change weights: write what reproduces their effect into directory."""
+        # Not a placeholder: weight-changing methods have nothing of their own to save (the recipe saves
+        # the model); only methods with changes_weights = False override this.
         raise NotImplementedError(f"method '{self.name}' changes weights: the recipe saves the model")

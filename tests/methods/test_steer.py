@@ -12,30 +12,13 @@ from lensml.cli import main
 from lensml.errors import LensError
 from lensml.evaluation.generation import generate_answers
 from lensml.methods.base import MethodInputs
-from lensml.models import ModelConfig, load_model
-from lensml.probing import ProbeConfig, probe
 from lensml.steering import SteerConfig, Steering
 from lensml.subspace import LanguageSubspace
 from lensml.training import TrainConfig
 from tests.helpers import SENTENCES
 
-LANGS = ["en", "zh", "sw"]
+from tests.steering_fixtures import LANGS, _one_thread, tiny  # noqa: F401  (fixtures)
 ROWS = [{lang: SENTENCES[lang][i] for lang in LANGS} for i in range(len(SENTENCES["en"]))]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama):
-    model, tok, name = load_model(ModelConfig(model=str(tiny_llama)))
-    sub = probe(model, tok, {lang: SENTENCES[lang] for lang in LANGS}, "en", ProbeConfig(), name)
-    return model, tok, name, sub
 
 
 def _inputs(sub):

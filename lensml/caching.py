@@ -22,7 +22,7 @@ from lensml import distributed
 from lensml.errors import LensError
 from lensml.models import decoder_of, input_device
 from lensml.progress import progress
-from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, masked_mean, pad
+from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, pad
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ class TopBlock:
     def parameters(self) -> list[nn.Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def _call(self, batch: Batch, inputs_embeds: torch.Tensor | None = None):
+    def _call(self, batch: Batch, inputs_embeds: torch.Tensor | None = None, past=None):
         ids = batch.input_ids if inputs_embeds is None else None
         return self.decoder(input_ids=ids, inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids, use_cache=False)
+                            position_ids=batch.position_ids, cache=past, use_cache=False)
 
     @contextmanager
     def capturing(self):
@@ -86,10 +86,13 @@ class TopBlock:
                 h.remove()
 
     @torch.no_grad()
-    def full(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full forward: (input of the start layer, final post-norm states), both (b, T, d)."""
+    def full(self, batch: Batch, past=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full forward: (input of the start layer, final post-norm states), both (b, T, d).
+
+        past: the cached prefix the batch follows (lensml.prefix), or None.
+        """
         with self.capturing() as captured:
-            out = self._call(batch)
+            out = self._call(batch, past=past)
         return captured["h"], out.last_hidden_state
 
     @contextmanager
@@ -122,6 +125,25 @@ class TopBlock:
             handle.remove()
 
 
+def shared_prefix(model, seqs: list[list[int]], enabled: bool, block: TopBlock | None = None):
+    """(Prefix or None, its (start-layer input, final states) for a cache or None, suffixes).
+
+    The prompts' common template prefix runs once (lensml.prefix); with a block, its
+    start-layer input is captured too, since a reference cache stores whole prompts.
+    """
+    from lensml.prefix import fits_window, run_prefix, split
+
+    head_ids, tails = split(seqs, enabled and fits_window(model, max(len(s) for s in seqs)))
+    if not head_ids:
+        return None, None, seqs
+    if block is None:
+        pre, _ = run_prefix(decoder_of(model), head_ids, input_device(model))
+        return pre, None, tails
+    with block.capturing() as captured:
+        pre, final = run_prefix(decoder_of(model), head_ids, input_device(model))
+    return pre, (captured["h"], final), tails
+
+
 def _languages(languages: list[str], central: str) -> list[str]:
     return [central] + [lang for lang in languages if lang != central]
 
@@ -142,25 +164,44 @@ class ReferenceCache:
         self.last = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
         self.mean = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
 
-    def store(self, lang: str, idx: list[int], h_in: torch.Tensor, final: torch.Tensor, mask: torch.Tensor) -> None:
-        """Keep a batch's start-layer inputs and reference states (rows in the order of idx)."""
-        last_b, mean_b = gather_last(final, mask), masked_mean(final, mask)
-        for row, i in enumerate(idx):
-            self.hidden[lang][i] = h_in[row, -len(self.ids[lang][i]):].to(self.device, copy=True)
-            self.last[lang][i] = last_b[row].float().to(self.device)
-            self.mean[lang][i] = mean_b[row].float().to(self.device)
+    def store(self, lang: str, idx: list[int], h_in: torch.Tensor, final: torch.Tensor, batch: Batch,
+              head: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Keep a batch's start-layer inputs and reference states (rows in the order of idx).
 
-    def fill(self, block: TopBlock, batch_size: int) -> "ReferenceCache":
+        head: the shared prefix's (start-layer input, final states), each (1, P, d), when the
+        batch followed a cached prefix (lensml.prefix): every prompt's states begin with them.
+        """
+        own = batch.own_mask
+        last_b = gather_last(final, own).float()
+        m = own.to(torch.float32).unsqueeze(-1)
+        sums, counts = (final.float() * m).sum(1), m.sum(1)
+        if head is not None:
+            sums, counts = sums + head[1][0].float().sum(0), counts + head[1].shape[1]
+        mean_b = sums / counts.clamp(min=1)
+        skip = batch.past_length
+        for row, i in enumerate(idx):
+            h = h_in[row, -(len(self.ids[lang][i]) - skip):]
+            h = torch.cat([head[0][0].to(h.device), h]) if head is not None else h
+            self.hidden[lang][i] = h.to(self.device, copy=True)
+            self.last[lang][i] = last_b[row].to(self.device)
+            self.mean[lang][i] = mean_b[row].to(self.device)
+
+    def fill(self, block: TopBlock, batch_size: int, share_prefix: bool = True) -> "ReferenceCache":
         """The cache's own no-grad pass over its prompts."""
         model_device = input_device(block.model)
         for lang, seqs in self.ids.items():
             owned = distributed.my_share(list(range(len(seqs))))
-            for group in progress(length_sorted_batches([len(seqs[i]) for i in owned], batch_size),
+            pre, head, tails = shared_prefix(block.model, seqs, share_prefix, block)
+            for group in progress(length_sorted_batches([len(tails[i]) for i in owned], batch_size),
                                   desc=f"cache {lang}", leave=False):
                 idx = [owned[g] for g in group]
-                batch = pad([seqs[i] for i in idx], self.pad_id, "left").to(model_device)
-                h_in, final = block.full(batch)
-                self.store(lang, idx, h_in, final, batch.attention_mask)
+                if pre is None:
+                    batch = pad([seqs[i] for i in idx], self.pad_id, "left").to(model_device)
+                    h_in, final = block.full(batch)
+                else:
+                    batch = pre.batch([tails[i] for i in idx], self.pad_id).to(model_device)
+                    h_in, final = block.full(batch, pre.past(len(idx)))
+                self.store(lang, idx, h_in, final, batch, head)
         self.as_tuple = block.as_tuple
         return self
 

@@ -16,7 +16,7 @@ from lensml.progress import progress as tqdm
 
 from lensml import distributed
 from lensml.errors import LensError
-from lensml.caching import ReferenceCache, TopBlock
+from lensml.caching import ReferenceCache, TopBlock, shared_prefix
 from lensml.models import decoder_of, input_device
 from lensml.subspace import LanguageSubspace
 from lensml.templating import encode_prompts, length_sorted_batches, pad
@@ -31,6 +31,8 @@ class ProbeConfig:
     batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
     rank: int | None = field(default=None, metadata={"help": "rank r of the specific subspace (default L-1)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message (default: the template's own)"})
+    share_prefix: bool = field(default=True, metadata={
+        "help": "run the prompts' common template prefix once, not in every prompt (same states to float rounding)"})
 
     def __post_init__(self):
         for name in ("max_length", "batch_size"):
@@ -47,10 +49,11 @@ def _layer_output(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def last_token_states(model, batch, keep_final: list | None = None) -> torch.Tensor:
+def last_token_states(model, batch, keep_final: list | None = None, past=None) -> torch.Tensor:
     """(n_layers, b, d) last-token states of every layer; the last entry after the final norm.
 
     keep_final, when given, receives the full final states (b, T, d) (for a reference cache).
+    past: the cached prefix the batch follows (lensml.prefix.Prefix.past), or None.
     """
     decoder = decoder_of(model)
     layers = decoder.layers
@@ -65,7 +68,7 @@ def last_token_states(model, batch, keep_final: list | None = None) -> torch.Ten
     handles = [layer.register_forward_hook(keep) for layer in layers[:-1]]
     try:
         out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      position_ids=batch.position_ids, use_cache=False)
+                      position_ids=batch.position_ids, cache=past, use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -91,16 +94,19 @@ def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: s
     mine = distributed.my_share(list(range(len(ids))))
     total = torch.zeros(len(decoder_of(model).layers), model.get_input_embeddings().embedding_dim,
                         dtype=torch.float64, device=device)
-    for idx in tqdm(length_sorted_batches([len(ids[i]) for i in mine], cfg.batch_size), desc=desc, leave=False):
+    pre, head, tails = shared_prefix(model, ids, cfg.share_prefix, block)
+    for idx in tqdm(length_sorted_batches([len(tails[i]) for i in mine], cfg.batch_size), desc=desc, leave=False):
         rows = [mine[i] for i in idx]
-        batch = pad([ids[i] for i in rows], tokenizer.pad_token_id, side="left").to(device)
+        batch = (pre.batch([tails[i] for i in rows], tokenizer.pad_token_id) if pre is not None
+                 else pad([ids[i] for i in rows], tokenizer.pad_token_id, side="left")).to(device)
+        past = pre.past(len(rows)) if pre is not None else None
         if block is None:
-            total += last_token_states(model, batch).to(torch.float64).sum(dim=1)
+            total += last_token_states(model, batch, past=past).to(torch.float64).sum(dim=1)
             continue
         finals: list = []
         with block.capturing() as captured:
-            total += last_token_states(model, batch, keep_final=finals).to(torch.float64).sum(dim=1)
-        cache.store(lang, rows, captured["h"], finals[0], batch.attention_mask)
+            total += last_token_states(model, batch, keep_final=finals, past=past).to(torch.float64).sum(dim=1)
+        cache.store(lang, rows, captured["h"], finals[0], batch, head)
     if block is not None:
         cache.as_tuple = block.as_tuple
     return (distributed.all_reduce_sum(total) / len(ids)).cpu()

@@ -17,18 +17,29 @@ import torch
 
 @dataclass
 class Batch:
-    """A padded batch with explicit positions, so padding never shifts RoPE."""
+    """A padded batch with explicit positions, so padding never shifts RoPE.
+
+    past_length > 0: the ids follow a cached prefix of that many tokens (lensml.prefix); the
+    mask then covers prefix and ids, and last_index counts within the ids.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
+    past_length: int = 0
 
     def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device))
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                     self.past_length)
 
     @property
     def last_index(self) -> torch.Tensor:
-        return last_token_index(self.attention_mask)
+        return last_token_index(self.attention_mask) - self.past_length
+
+    @property
+    def own_mask(self) -> torch.Tensor:
+        """The mask of the ids themselves (without a cached prefix)."""
+        return self.attention_mask[:, self.past_length:]
 
 
 def render(tokenizer, messages: list[dict] | str, system: str | None = None, generation_prompt: bool = True) -> str:

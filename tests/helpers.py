@@ -53,7 +53,7 @@ def build_tokenizer(directory: Path):
     return fast
 
 
-def build_tiny_model(directory: Path, arch: str) -> Path:
+def build_tiny_model(directory: Path, arch: str, sliding_window: int = 6) -> Path:
     """A 4-layer random model of the given family, saved with a tokenizer."""
     tok = build_tokenizer(directory)
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def build_tiny_model(directory: Path, arch: str) -> Path:
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "gemma3":
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-        cfg = Gemma3TextConfig(**common, head_dim=8, sliding_window=6,
+        cfg = Gemma3TextConfig(**common, head_dim=8, sliding_window=sliding_window,
                                layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"])
         model = Gemma3ForCausalLM(cfg)
     else:

@@ -5,30 +5,50 @@ from __future__ import annotations
 import torch
 from lensml.progress import progress as tqdm
 
-from lensml.models import input_device
+from lensml.models import decoder_of, input_device
+from lensml.prefix import fits_window, hooked, run_prefix, split
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
+
+
+def _prefix_for(model, ids: list[list[int]], share_prefix: bool, new_tokens: int = 0):
+    """The prompts' common prefix run once (lensml.prefix), unless hooks must see whole prompts."""
+    if not ids or not share_prefix or hooked(model) or not fits_window(model, max(len(s) for s in ids) + new_tokens):
+        return None, ids
+    head, tails = split(ids)
+    if not head:
+        return None, ids
+    return run_prefix(decoder_of(model), head, input_device(model))[0], tails
 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, conversations: list[list[dict] | str], max_new_tokens: int = 64,
                      batch_size: int = 16, max_length: int = 512, system: str | None = None,
-                     desc: str = "generate") -> list[str]:
+                     desc: str = "generate", share_prefix: bool = True) -> list[str]:
     """Greedy answers to user prompts (or whole conversations ending in a user turn).
 
     Left padding with explicit positions, so a batched answer is the answer the
-    prompt would get alone; batches are length-sorted to waste little padding.
+    prompt would get alone; batches are length-sorted to waste little padding. The
+    prompts' common template prefix is computed once and given to generate as a
+    filled cache (the padding then sits between prefix and prompt, masked).
     """
     device = input_device(model)
     ids = [tokenize_rendered(tokenizer, render(tokenizer, c, system), max_length) for c in conversations]
     answers: list[str] = [""] * len(ids)
     eos = _stop_ids(model, tokenizer)
-    for idx in tqdm(length_sorted_batches([len(s) for s in ids], batch_size), desc=desc, leave=False):
-        batch = pad([ids[i] for i in idx], tokenizer.pad_token_id, "left").to(device)
-        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=False,
+    pre, tails = _prefix_for(model, ids, share_prefix, max_new_tokens)
+    for idx in tqdm(length_sorted_batches([len(s) for s in tails], batch_size), desc=desc, leave=False):
+        extra = {}
+        if pre is None:
+            batch = pad([ids[i] for i in idx], tokenizer.pad_token_id, "left").to(device)
+            input_ids = batch.input_ids
+        else:
+            batch = pre.batch([tails[i] for i in idx], tokenizer.pad_token_id).to(device)
+            input_ids, extra["cache"] = pre.full_ids(batch), pre.past(len(idx))
+        out = model.generate(input_ids=input_ids, attention_mask=batch.attention_mask, do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-                             temperature=None, top_p=None, top_k=None)
+                             temperature=None, top_p=None, top_k=None, **extra)
         for row, i in enumerate(idx):
-            answers[i] = decode_answer(tokenizer, out[row, batch.input_ids.shape[1]:].tolist(), eos, max_new_tokens)
+            answers[i] = decode_answer(tokenizer, out[row, input_ids.shape[1]:].tolist(), eos, max_new_tokens)
     return answers
 
 
@@ -60,25 +80,39 @@ def _stop_ids(model, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 16,
-               system: str | None = None) -> float:
-    """Mean per-token negative log-likelihood of answers given their prompts."""
+               system: str | None = None, share_prefix: bool = True) -> float:
+    """Mean per-token negative log-likelihood of answers given their prompts.
+
+    Sequences are left-padded, so every answer ends its row and only the last
+    (longest answer + 1) positions need logits; the prompts' common prefix runs once.
+    """
     device = input_device(model)
     total, count = 0.0, 0
-    seqs, starts = [], []
+    prompt_ids, answer_ids = [], []
     for p, a in zip(prompts, answers):
-        prompt_ids = tokenize_rendered(tokenizer, render(tokenizer, p, system))
-        answer_ids = tokenizer(a, add_special_tokens=False)["input_ids"]
-        if not answer_ids:
-            continue
-        seqs.append(prompt_ids + answer_ids)
-        starts.append(len(prompt_ids))
+        ans = tokenizer(a, add_special_tokens=False)["input_ids"]
+        if ans:
+            prompt_ids.append(tokenize_rendered(tokenizer, render(tokenizer, p, system)))
+            answer_ids.append(ans)
+    if not answer_ids:
+        return 0.0
+    longest = max(len(p) + len(a) for p, a in zip(prompt_ids, answer_ids))
+    pre, tails = _prefix_for(model, prompt_ids, share_prefix, longest - min(len(p) for p in prompt_ids))
+    seqs = [t + a for t, a in zip(tails, answer_ids)]
     for idx in length_sorted_batches([len(s) for s in seqs], batch_size):
-        batch = pad([seqs[i] for i in idx], tokenizer.pad_token_id, "right").to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+        keep = max(len(answer_ids[i]) for i in idx) + 1
+        if pre is None:
+            batch, extra = pad([seqs[i] for i in idx], tokenizer.pad_token_id, "left").to(device), {}
+        else:
+            batch = pre.batch([seqs[i] for i in idx], tokenizer.pad_token_id).to(device)
+            extra = {"cache": pre.past(len(idx))}
+        keep = min(keep, batch.input_ids.shape[1])
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                       use_cache=False, logits_to_keep=keep, **extra).logits.float()
+        targets = batch.input_ids[:, -keep + 1:]
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[..., None])[..., 0]
         for row, i in enumerate(idx):
-            lo, hi = starts[i] - 1, len(seqs[i]) - 1
-            total -= logp[row, lo:hi].sum().item()
-            count += hi - lo
+            n = len(answer_ids[i])
+            total -= logp[row, -n:].sum().item()
+            count += n
     return total / max(count, 1)

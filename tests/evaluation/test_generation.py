@@ -78,7 +78,8 @@ def test_generate_answers_end_on_a_whole_character(tiny):
     model, tok = tiny
     ids, whole = _cut_mid_character(tok)
     scripted = ScriptedGeneration(model, tok(CHINESE, add_special_tokens=False)["input_ids"])
-    answers = generate_answers(scripted, tok, ["Hi?", "说出两颗靠近太阳的行星。"], max_new_tokens=len(ids), batch_size=2)
+    answers = generate_answers(scripted, tok, ["Hi?", "说出两颗靠近太阳的行星。"], max_new_tokens=len(ids), batch_size=2,
+                               share_prefix=False)
     assert answers == [whole, whole]
 
 

@@ -1,0 +1,103 @@
+"""The shared template prefix runs once: same states, cache, answers and NLL as whole prompts."""
+
+import pytest
+import torch
+
+from lensml.models import ModelConfig, load_model
+from lensml.prefix import common_prefix_length, split
+from lensml.templating import encode_prompts
+
+PROMPTS = ["Why do cats purr?", "Describe a rainy morning in two sentences.", "什么是质数？", "Name a planet."]
+
+
+def test_common_prefix_length_leaves_every_sequence_a_token_of_its_own():
+    assert common_prefix_length([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]]) == 5
+    assert common_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6]]) == 4  # the shorter keeps its last token
+    assert common_prefix_length([[1, 2, 3, 9, 9], [1, 2, 3, 8, 8]]) == 0  # 3 < the 4-token minimum
+    assert common_prefix_length([[1, 2, 3, 9, 9], [1, 2, 3, 8, 8]], minimum=2) == 3
+    assert common_prefix_length([[1, 2, 3, 4, 5, 6]]) == 0  # nothing to share with
+    assert split([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], enabled=False) == ([], [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]])
+    assert split([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]]) == ([1, 2, 3, 4, 5], [[6], [7]])
+
+
+def test_suffix_batch_masks_the_padding_between_prefix_and_prompt():
+    from lensml.prefix import Prefix
+
+    pre = Prefix([1, 2, 3], cache=None)
+    b = pre.batch([[7], [8, 9]], pad_id=0)
+    assert b.input_ids.tolist() == [[0, 7], [8, 9]]
+    assert b.attention_mask.tolist() == [[1, 1, 1, 0, 1], [1, 1, 1, 1, 1]]
+    assert b.position_ids.tolist() == [[2, 3], [3, 4]]  # a padded slot repeats the position before it, masked
+    assert b.last_index.tolist() == [1, 1] and b.own_mask.tolist() == [[0, 1], [1, 1]]
+    assert pre.full_ids(b).tolist() == [[1, 2, 3, 0, 7], [1, 2, 3, 8, 9]]
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3_wide(tmp_path_factory):
+    """Gemma-3 with sliding layers whose window holds every test sequence (as 512 holds real prompts)."""
+    from tests.helpers import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3-wide"), "gemma3", sliding_window=200)
+
+
+@pytest.fixture(params=["tiny_llama", "tiny_gemma3_wide"])
+def arch(request):
+    model, tok, _ = load_model(ModelConfig(model=str(request.getfixturevalue(request.param))))
+    return model, tok
+
+
+def test_the_tiny_templates_do_share_a_prefix(arch):
+    from lensml.prefix import fits_window
+
+    model, tok = arch
+    ids = encode_prompts(tok, PROMPTS)
+    head, _ = split(ids)
+    assert len(head) >= 4  # otherwise the tests below would compare a path with itself
+    assert fits_window(model, max(len(s) for s in ids) + 8)
+
+
+def test_a_window_shorter_than_the_sequences_keeps_whole_prompts(tiny_gemma3):
+    """Sliding windows count cache slots: padding after a shared prefix would change what a window sees."""
+    from lensml.evaluation.generation import generate_answers
+    from lensml.prefix import fits_window
+
+    model, tok, _ = load_model(ModelConfig(model=str(tiny_gemma3)))  # window 6
+    assert not fits_window(model, 6) and fits_window(model, 5)
+    assert generate_answers(model, tok, PROMPTS, 6, 3) == generate_answers(model, tok, PROMPTS, 6, 3, share_prefix=False)
+
+
+def test_probe_and_cache_with_a_shared_prefix_equal_whole_prompts(arch, parallel_data):
+    from lensml.caching import TopBlock, build_cache, empty_cache
+    from lensml.data.loaders import load_rows, load_texts
+    from lensml.probing import ProbeConfig, probe
+    from lensml.training import TrainConfig
+
+    model, tok = arch
+    langs = ["en", "zh", "sw"]
+    texts, rows = load_texts(str(parallel_data), langs), load_rows(str(parallel_data), langs)
+    tcfg = TrainConfig(batch_size=4, start_layer=-2)
+    shared = probe(model, tok, texts, "en", ProbeConfig(batch_size=4))
+    whole = probe(model, tok, texts, "en", ProbeConfig(batch_size=4, share_prefix=False))
+    torch.testing.assert_close(shared.means, whole.means, rtol=1e-5, atol=1e-5)
+    one_pass = empty_cache(model, tok, rows, langs, "en", tcfg)
+    probe(model, tok, texts, "en", ProbeConfig(batch_size=4), cache=one_pass)
+    reference = empty_cache(model, tok, rows, langs, "en", tcfg).fill(TopBlock(model, -2), 4, share_prefix=False)
+    two_pass = build_cache(model, tok, rows, langs, "en", tcfg)
+    for cache in (one_pass, two_pass):
+        for lang in langs:
+            for store in ("hidden", "last", "mean"):
+                for a, b in zip(getattr(cache, store)[lang], getattr(reference, store)[lang]):
+                    assert a.shape == b.shape, (lang, store)
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_generation_and_nll_with_a_shared_prefix_equal_whole_prompts(arch):
+    from lensml.evaluation.generation import answer_nll, generate_answers
+
+    model, tok = arch
+    shared = generate_answers(model, tok, PROMPTS, max_new_tokens=8, batch_size=3)
+    whole = generate_answers(model, tok, PROMPTS, max_new_tokens=8, batch_size=3, share_prefix=False)
+    assert shared == whole
+    answers = ["Because they are content.", "Grey sky, wet streets.", "只能被一和自身整除的数。", "Mars."]
+    assert answer_nll(model, tok, PROMPTS, answers, batch_size=3) == pytest.approx(
+        answer_nll(model, tok, PROMPTS, answers, batch_size=3, share_prefix=False), rel=1e-5)

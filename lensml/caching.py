@@ -13,7 +13,7 @@ The cached states go in as `inputs_embeds`, so the embedding table is not touche
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -125,23 +125,57 @@ class TopBlock:
             handle.remove()
 
 
-def shared_prefix(model, seqs: list[list[int]], enabled: bool, block: TopBlock | None = None):
-    """(Prefix or None, its (start-layer input, final states) for a cache or None, suffixes).
+@contextmanager
+def capturing_all(blocks: list[TopBlock]):
+    """Each block's start-layer input, recorded by the same forwards (one dict per block)."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(block.capturing()) for block in blocks]
 
-    The prompts' common template prefix runs once (lensml.prefix); with a block, its
-    start-layer input is captured too, since a reference cache stores whole prompts.
+
+def shared_prefix(model, seqs: list[list[int]], enabled: bool, blocks: list[TopBlock] = ()):
+    """(Prefix or None, per block its (start-layer input, final states), suffixes).
+
+    The prompts' common template prefix runs once (lensml.prefix); each block's start-layer
+    input is captured in that run too, since a reference cache stores whole prompts. No
+    prefix (sharing off, too short, or a sliding window too small): (None, [None...], seqs).
     """
     from lensml.prefix import fits_window, run_prefix, split
 
     head_ids, tails = split(seqs, enabled and fits_window(model, max(len(s) for s in seqs)))
     if not head_ids:
-        return None, None, seqs
-    if block is None:
-        pre, _ = run_prefix(decoder_of(model), head_ids, input_device(model))
-        return pre, None, tails
-    with block.capturing() as captured:
+        return None, [None] * len(blocks), seqs
+    with capturing_all(list(blocks)) as captured:
         pre, final = run_prefix(decoder_of(model), head_ids, input_device(model))
-    return pre, (captured["h"], final), tails
+    return pre, [(c["h"], final) for c in captured], tails
+
+
+def fill_caches(model, caches: list["ReferenceCache"], batch_size: int, share_prefix: bool = True) -> None:
+    """One no-grad pass over the caches' common prompts fills every one of them, whatever its start layer.
+
+    A layer sweep needs a cache per start layer; the final reference states are the same
+    for all, and each start layer's input is one more hook on the same forward.
+    """
+    first = caches[0]
+    if any(c.ids != first.ids for c in caches):
+        raise ValueError("caches filled together must hold the same prompts")
+    blocks = [TopBlock(model, c.start) for c in caches]
+    model_device = input_device(model)
+    for lang, seqs in first.ids.items():
+        owned = distributed.my_share(list(range(len(seqs))))
+        pre, heads, tails = shared_prefix(model, seqs, share_prefix, blocks)
+        for group in progress(length_sorted_batches([len(tails[i]) for i in owned], batch_size),
+                              desc=f"cache {lang}", leave=False):
+            idx = [owned[g] for g in group]
+            if pre is None:
+                batch, past = pad([seqs[i] for i in idx], first.pad_id, "left").to(model_device), None
+            else:
+                batch, past = pre.batch([tails[i] for i in idx], first.pad_id).to(model_device), pre.past(len(idx))
+            with torch.no_grad(), capturing_all(blocks) as captured:
+                final = blocks[0]._call(batch, past=past).last_hidden_state
+            for cache, cap, head in zip(caches, captured, heads):
+                cache.store(lang, idx, cap["h"], final, batch, head)
+    for cache, block in zip(caches, blocks):
+        cache.as_tuple = block.as_tuple
 
 
 def _languages(languages: list[str], central: str) -> list[str]:
@@ -188,21 +222,7 @@ class ReferenceCache:
 
     def fill(self, block: TopBlock, batch_size: int, share_prefix: bool = True) -> "ReferenceCache":
         """The cache's own no-grad pass over its prompts."""
-        model_device = input_device(block.model)
-        for lang, seqs in self.ids.items():
-            owned = distributed.my_share(list(range(len(seqs))))
-            pre, head, tails = shared_prefix(block.model, seqs, share_prefix, block)
-            for group in progress(length_sorted_batches([len(tails[i]) for i in owned], batch_size),
-                                  desc=f"cache {lang}", leave=False):
-                idx = [owned[g] for g in group]
-                if pre is None:
-                    batch = pad([seqs[i] for i in idx], self.pad_id, "left").to(model_device)
-                    h_in, final = block.full(batch)
-                else:
-                    batch = pre.batch([tails[i] for i in idx], self.pad_id).to(model_device)
-                    h_in, final = block.full(batch, pre.past(len(idx)))
-                self.store(lang, idx, h_in, final, batch, head)
-        self.as_tuple = block.as_tuple
+        fill_caches(block.model, [self], batch_size, share_prefix)
         return self
 
     @property

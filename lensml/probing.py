@@ -16,7 +16,7 @@ from lensml.progress import progress as tqdm
 
 from lensml import distributed
 from lensml.errors import LensError
-from lensml.caching import ReferenceCache, TopBlock, shared_prefix
+from lensml.caching import ReferenceCache, TopBlock, capturing_all, shared_prefix
 from lensml.models import decoder_of, input_device
 from lensml.subspace import LanguageSubspace
 from lensml.templating import encode_prompts, length_sorted_batches, pad
@@ -79,36 +79,43 @@ def last_token_states(model, batch, keep_final: list | None = None, past=None) -
     return torch.stack(kept)
 
 
+def _caches(cache) -> list[ReferenceCache]:
+    return [] if cache is None else list(cache) if isinstance(cache, (list, tuple)) else [cache]
+
+
 def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: str = "probe",
-                   cache: ReferenceCache | None = None, lang: str | None = None) -> torch.Tensor:
+                   cache: ReferenceCache | list[ReferenceCache] | None = None, lang: str | None = None) -> torch.Tensor:
     """(n_layers, d) float64 mean last-token state over texts.
 
     With a cache whose prompts for lang are these texts (same tokens), the same forward
     also fills the cache's start-layer inputs and reference states: one pass, not two.
+    A list of caches (one per start layer, as a layer sweep needs) is filled alike.
     """
     device = input_device(model)
     ids = encode_prompts(tokenizer, texts, cfg.max_length, cfg.system_prompt)
-    if cache is not None and cache.ids[lang] != ids:
+    caches = _caches(cache)
+    if any(c.ids[lang] != ids for c in caches):
         raise ValueError(f"the reference cache's '{lang}' prompts are not the probe texts: fill it on its own")
-    block = TopBlock(model, cache.start) if cache is not None else None
+    blocks = [TopBlock(model, c.start) for c in caches]
     mine = distributed.my_share(list(range(len(ids))))
     total = torch.zeros(len(decoder_of(model).layers), model.get_input_embeddings().embedding_dim,
                         dtype=torch.float64, device=device)
-    pre, head, tails = shared_prefix(model, ids, cfg.share_prefix, block)
+    pre, heads, tails = shared_prefix(model, ids, cfg.share_prefix, blocks)
     for idx in tqdm(length_sorted_batches([len(tails[i]) for i in mine], cfg.batch_size), desc=desc, leave=False):
         rows = [mine[i] for i in idx]
         batch = (pre.batch([tails[i] for i in rows], tokenizer.pad_token_id) if pre is not None
                  else pad([ids[i] for i in rows], tokenizer.pad_token_id, side="left")).to(device)
         past = pre.past(len(rows)) if pre is not None else None
-        if block is None:
+        if not blocks:
             total += last_token_states(model, batch, past=past).to(torch.float64).sum(dim=1)
             continue
         finals: list = []
-        with block.capturing() as captured:
+        with capturing_all(blocks) as captured:
             total += last_token_states(model, batch, keep_final=finals, past=past).to(torch.float64).sum(dim=1)
-        cache.store(lang, rows, captured["h"], finals[0], batch, head)
-    if block is not None:
-        cache.as_tuple = block.as_tuple
+        for c, cap, head in zip(caches, captured, heads):
+            c.store(lang, rows, cap["h"], finals[0], batch, head)
+    for c, block in zip(caches, blocks):
+        c.as_tuple = block.as_tuple
     return (distributed.all_reduce_sum(total) / len(ids)).cpu()
 
 
@@ -121,7 +128,8 @@ def probe(model, tokenizer, texts_by_lang: dict[str, list[str]], central: str, c
     """Probe every language and fit the per-layer subspace.
 
     cache: an empty reference cache (lensml.caching.empty_cache) whose prompts are the probe
-    texts; it is filled by the same forward passes (see shares_prompts).
+    texts, or a list of them (start layers of a sweep); filled by the same forward passes
+    (see shares_prompts).
     """
     languages = list(texts_by_lang)
     if central not in languages:
@@ -136,7 +144,7 @@ def probe(model, tokenizer, texts_by_lang: dict[str, list[str]], central: str, c
         selected[lang] = texts[:n]
         counts[lang] = n
     means = torch.stack([language_means(model, tokenizer, selected[lang], cfg, desc=f"probe {lang}",
-                                        cache=cache if cache is not None and lang in cache.ids else None, lang=lang)
+                                        cache=[c for c in _caches(cache) if lang in c.ids], lang=lang)
                          for lang in tqdm(languages, desc="probing", leave=False)], dim=1)
     meta = {"model": model_name, "samples": counts, "max_length": cfg.max_length, "source": source,
             "data_sha256": {lang: _hash_texts(selected[lang]) for lang in languages}}

@@ -77,3 +77,27 @@ def test_one_pass_equals_two_passes(arch, parallel_data, request):
         for store in ("hidden", "last", "mean"):
             for a, b in zip(getattr(one_cache, store)[lang], getattr(two_cache, store)[lang]):
                 assert torch.equal(a, b), (lang, store)
+
+
+def test_one_pass_fills_the_caches_of_several_start_layers(tiny_llama, parallel_data):
+    """A layer sweep's caches (one per start layer) come from one forward, equal to one pass each."""
+    from dataclasses import replace
+
+    from lensml.caching import build_cache, empty_cache, fill_caches
+    from lensml.data.loaders import load_rows
+    from lensml.training import TrainConfig
+
+    model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
+    langs, rows = ["en", "zh"], load_rows(str(parallel_data), ["en", "zh"])
+    cfgs = [TrainConfig(batch_size=16, start_layer=s) for s in (-1, -3, 0)]
+    together = [empty_cache(model, tok, rows, langs, "en", c) for c in cfgs]
+    fill_caches(model, together, 16)
+    for cache, cfg in zip(together, cfgs):
+        alone = build_cache(model, tok, rows, langs, "en", replace(cfg))
+        assert cache.start == alone.start and cache.as_tuple == alone.as_tuple and cache.complete
+        for lang in langs:
+            for store in ("hidden", "last", "mean"):
+                for a, b in zip(getattr(cache, store)[lang], getattr(alone, store)[lang]):
+                    assert torch.equal(a, b), (cfg.start_layer, lang, store)
+    with pytest.raises(ValueError, match="same prompts"):
+        fill_caches(model, [together[0], empty_cache(model, tok, rows[:3], langs, "en", cfgs[0])], 16)

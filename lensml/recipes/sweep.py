@@ -3,7 +3,8 @@
 Why not a loop over `lens run`: each run would load and probe the model, answer the
 held-out prompts with the base model and fill the reference cache again, most of a small
 model's run time. Here all of that happens once (one cache per distinct start layer,
-length, samples and system prompt), and each setting trains from the same original
+length, samples and system prompt; one forward fills the caches of every start layer,
+in the probing pass when it reads the training prompts), and each setting trains from the same original
 weights, restored in memory between settings. So only train.* options may vary. A
 failing setting (a non-finite loss) is recorded and the sweep goes on; OUT is atomic.
 """
@@ -16,14 +17,14 @@ import logging
 import time
 import typing
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import yaml
 
 from lensml import distributed
-from lensml.caching import TopBlock, build_cache, empty_cache
+from lensml.caching import TopBlock, empty_cache, fill_caches
 from lensml.cli.args import ALIASES, add_config_arguments, overrides_of
 from lensml.config import RunConfig, coerce, iter_fields, load_config, to_dict
 from lensml.errors import LensError
@@ -223,6 +224,12 @@ def _cache_key(train, start: int) -> tuple:
     return start, train.max_length, train.samples, train.system_prompt, train.cache_device
 
 
+def _new_caches(model, tok, rows, cfg: RunConfig, keys: list[tuple]) -> list:
+    """Empty caches for keys that differ only in their start layer (one forward fills them all)."""
+    return [empty_cache(model, tok, rows, cfg.languages, cfg.central, replace(cfg.train, start_layer=key[0]))
+            for key in keys]
+
+
 def sweep_model(model, tok, name: str, plan: list[tuple[Setting, RunConfig]], inputs, stages: Stages | None = None,
                 log_dir: Path | None = None) -> SweepResult:
     """Probe, answer once with the base model, then train and evaluate every setting from the same weights."""
@@ -232,11 +239,16 @@ def sweep_model(model, tok, name: str, plan: list[tuple[Setting, RunConfig]], in
     starts = [TopBlock(model, cfg.train.start_layer).start for _, cfg in plan]  # a bad start layer fails now
     caches, uses = {}, Counter(_cache_key(cfg.train, start) for (_, cfg), start in zip(plan, starts))
     first, first_key = plan[0][1].train, _cache_key(plan[0][1].train, starts[0])
+
+    def siblings(key: tuple) -> list[tuple]:  # caches one forward can fill with this one
+        return [k for k in uses if k[1:] == key[1:] and uses[k] > 0 and k not in caches]
+
     with stages("probe"):
         if shares_prompts(inputs.probe_texts, base.probe, inputs.train_rows, first, base.languages):
-            caches[first_key] = empty_cache(model, tok, inputs.train_rows, base.languages, base.central, first)
+            keys = siblings(first_key)
+            caches.update(zip(keys, _new_caches(model, tok, inputs.train_rows, base, keys)))
         subspace = probe(model, tok, inputs.probe_texts, base.central, base.probe, name, base.probe_data,
-                         cache=caches.get(first_key))
+                         cache=list(caches.values()) or None)
     with stages("eval_base"):
         before = quick.answer_before(model, tok, inputs.held_out, base.central, base.eval)
         base_eval, _ = quick.compare(before, before, base.eval)
@@ -251,7 +263,10 @@ def sweep_model(model, tok, name: str, plan: list[tuple[Setting, RunConfig]], in
         try:
             if key not in caches:
                 with stages("reference_cache"):
-                    caches[key] = build_cache(model, tok, inputs.train_rows, cfg.languages, cfg.central, cfg.train)
+                    keys = siblings(key)
+                    new = _new_caches(model, tok, inputs.train_rows, cfg, keys)
+                    fill_caches(model, new, max(cfg.train.batch_size, 16))
+                    caches.update(zip(keys, new))
             t = time.perf_counter()
             with stages("train"):
                 trained = lens.train(model, tok, subspace, inputs.train_rows, cfg.languages, cfg.central, cfg.train,

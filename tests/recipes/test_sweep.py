@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lensml.caching import build_cache
+from lensml.caching import fill_caches
 from lensml.errors import LensError
 from lensml.models import ModelConfig, load_model
 from lensml.recipes.stages import load_inputs
@@ -163,7 +163,8 @@ def test_a_failing_setting_is_recorded_and_the_sweep_goes_on(tiny_llama, paralle
     import lensml.recipes.sweep as sweep
 
     built = []
-    monkeypatch.setattr(sweep, "build_cache", lambda *a, **k: built.append(a[-1].start_layer) or build_cache(*a, **k))
+    monkeypatch.setattr(sweep, "fill_caches", lambda m, caches, *a, **k: built.append([c.start for c in caches])
+                        or fill_caches(m, caches, *a, **k))
     spec = SweepSpec(overrides={**base_options(tiny_llama, parallel_data), "train.samples": "8"},
                      grids=["train.lr=1e10,1e-3", "train.start_layer=-2,-1"])
     plan = spec.plan()
@@ -180,7 +181,7 @@ def test_a_failing_setting_is_recorded_and_the_sweep_goes_on(tiny_llama, paralle
     # The later settings trained from the original weights, not from the diverged ones.
     assert ok.nll_change is not None and abs(ok.nll_change) < 0.5
     assert len(result.answers) == 2 * 2 * 6
-    assert built == [-2, -1]  # one reference cache per start layer, shared by the settings that use it
+    assert built == [[2, 3]]  # one cache per start layer (0-based), shared by the settings, filled by one pass
     _same_as_fresh(model, tiny_llama)
 
 
@@ -190,11 +191,11 @@ def test_sweep_command_writes_every_file(lens, tiny_llama, parallel_data, tmp_pa
     import lensml.recipes.sweep as sweep
 
     built = []
-    monkeypatch.setattr(sweep, "build_cache", lambda *a, **k: built.append(a[-1].start_layer) or build_cache(*a, **k))
+    monkeypatch.setattr(sweep, "fill_caches", lambda *a, **k: built.append(a) or fill_caches(*a, **k))
     out = tmp_path / "sweep"
     assert lens(["sweep", *cli_options(tiny_llama, parallel_data), "--train-samples", "8", "--probe-samples", "8",
                  "--grid", "train.start_layer=-1,-2", "--out", str(out)]) == 0
-    assert built == [-2]  # probe and training read the same prompts: the probing pass filled the first cache
+    assert built == []  # probe and training read the same prompts: the probing pass filled both start layers' caches
     printed = capsys.readouterr().out
     assert "| 0 | base |" in printed and "| 2 | start_layer=-2 |" in printed
     assert printed.strip().endswith(f"wrote {out}")

@@ -22,6 +22,7 @@ from lensml import distributed
 from lensml.errors import LensError
 from lensml.models import decoder_of, input_device
 from lensml.progress import progress
+from lensml.prefix import after, common_prefix_length, fits_window
 from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, pad
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,39 @@ class TopBlock:
             for i, original in enumerate(saved):
                 layers[i] = original
 
-    def forward(self, batch: Batch, hidden_in: torch.Tensor) -> torch.Tensor:
-        """Final post-norm states (b, T, d) computed from cached start-layer inputs."""
+    def after_prefix(self, head_hidden: torch.Tensor, parts: list[tuple[Batch, torch.Tensor]]):
+        """Final states of a shared prefix, run once, and of batches that follow it (lensml.prefix).
+
+        head_hidden (1, P, d): the prefix's start-layer input; parts: (suffix batch from
+        lensml.prefix.after, its start-layer inputs). Returns the prefix's final states
+        (1, P, d) and each batch's (b, S, d). Gradients reach the trained layers through
+        the prefix's keys and values as well, as they do when every prompt holds the prefix.
+        """
+        from transformers import DynamicCache
+
+        n, device = head_hidden.shape[1], head_hidden.device
+        ones = torch.ones(1, n, dtype=torch.long, device=device)
+        head_cache = DynamicCache(config=self.decoder.config)
+        head_final = self.forward(Batch(ones * 0, ones, torch.arange(n, device=device)[None]), head_hidden, head_cache)
+        return head_final, [self.forward(b, h, self._past(head_cache, h.shape[0], n, head_hidden)) for b, h in parts]
+
+    def _past(self, head_cache, rows: int, n: int, like: torch.Tensor):
+        """The prefix's keys and values for `rows` prompts. The skipped layers get placeholders that
+        only say how long the past is (the mask reads the first layer's length); they are never read."""
+        from transformers import DynamicCache
+
+        past = DynamicCache(config=self.decoder.config)
+        placeholder = like.new_zeros(1, 1, n, 1).expand(rows, 1, n, 1)
+        for i in range(len(self.decoder.layers)):
+            if i < self.start:
+                past.update(placeholder, placeholder, i)
+            else:
+                layer = head_cache.layers[i]
+                past.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), i)
+        return past
+
+    def forward(self, batch: Batch, hidden_in: torch.Tensor, past=None) -> torch.Tensor:
+        """Final post-norm states (b, T, d) computed from cached start-layer inputs (after `past`, if given)."""
         def substitute(_module, args, kwargs):
             if args:
                 return (hidden_in, *args[1:]), kwargs
@@ -120,7 +152,7 @@ class TopBlock:
         try:
             with self._lower_layers_skipped():
                 # Whatever the forward does to inputs_embeds before the start layer is replaced by the pre-hook.
-                return self._call(batch, inputs_embeds=hidden_in).last_hidden_state
+                return self._call(batch, inputs_embeds=hidden_in, past=past).last_hidden_state
         finally:
             handle.remove()
 
@@ -139,7 +171,7 @@ def shared_prefix(model, seqs: list[list[int]], enabled: bool, blocks: list[TopB
     input is captured in that run too, since a reference cache stores whole prompts. No
     prefix (sharing off, too short, or a sliding window too small): (None, [None...], seqs).
     """
-    from lensml.prefix import fits_window, run_prefix, split
+    from lensml.prefix import run_prefix, split
 
     head_ids, tails = split(seqs, enabled and fits_window(model, max(len(s) for s in seqs)))
     if not head_ids:
@@ -191,8 +223,9 @@ class ReferenceCache:
     caches only the prompts it owns (distributed.my_share).
     """
 
-    def __init__(self, ids: dict[str, list[list[int]]], pad_id: int, start: int, device):
+    def __init__(self, ids: dict[str, list[list[int]]], pad_id: int, start: int, device, prefix: int = 0):
         self.ids, self.pad_id, self.start, self.device = ids, pad_id, start, device
+        self.prefix = prefix  # tokens every prompt of every language starts with, run once per step (0: none)
         self.as_tuple: bool | None = None
         self.hidden = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
         self.last = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
@@ -238,17 +271,27 @@ class ReferenceCache:
     def __len__(self) -> int:
         return len(next(iter(self.ids.values())))
 
-    def batch(self, lang: str, idx: list[int], width: int, device):
-        """Left-padded ids, cached inputs and reference states for prompts idx, padded to width tokens."""
-        seqs = [self.ids[lang][i] for i in idx]
+    def batch(self, lang: str, idx: list[int], width: int, device, skip: int = 0):
+        """Left-padded ids, cached inputs and reference states for prompts idx, padded to width tokens.
+
+        skip: leave out the first tokens of every prompt (the shared prefix, self.prefix); the
+        batch then follows them (lensml.prefix.after) and width counts the rest.
+        """
+        seqs = [self.ids[lang][i][skip:] for i in idx]
         b = pad(seqs, self.pad_id, "left", width)
+        b = after(b, skip) if skip else b
         first = self.hidden[lang][idx[0]]
         h = first.new_zeros((len(seqs), width, first.shape[-1]))
         for row, i in enumerate(idx):
-            h[row, width - len(seqs[row]):] = self.hidden[lang][i]
+            h[row, width - len(seqs[row]):] = self.hidden[lang][i][skip:]
         refs = {"last": torch.stack([self.last[lang][i] for i in idx]).to(device),
                 "mean": torch.stack([self.mean[lang][i] for i in idx]).to(device)}
         return b.to(device), h.to(device), refs
+
+    def prefix_hidden(self, device) -> torch.Tensor:
+        """(1, P, d) start-layer input of the shared prefix (the same in every prompt)."""
+        first = next(h for seqs in self.hidden.values() for h in seqs if h is not None)  # a process owns a share
+        return first[None, :self.prefix].to(device)
 
 
 def _cache_device(choice: str, device: torch.device, model, ids: dict[str, list[list[int]]]) -> torch.device:
@@ -284,7 +327,10 @@ def empty_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[s
     ids = {lang: encode_prompts(tokenizer, [p[lang] for p in pairs[:n]], cfg.max_length, cfg.system_prompt)
            for lang in langs}
     device = _cache_device(cfg.cache_device, input_device(model), model, ids)
-    return ReferenceCache(ids, tokenizer.pad_token_id, TopBlock(model, cfg.start_layer).start, device)
+    every = [s for seqs in ids.values() for s in seqs]
+    shared = cfg.share_prefix and fits_window(model, max(len(s) for s in every))
+    return ReferenceCache(ids, tokenizer.pad_token_id, TopBlock(model, cfg.start_layer).start, device,
+                          prefix=common_prefix_length(every) if shared else 0)
 
 
 def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,

@@ -60,15 +60,19 @@ class Prefix:
 
     def batch(self, suffixes: list[list[int]], pad_id: int, side: str = "left") -> Batch:
         """The suffixes padded, with the prefix's ones in front of their mask and positions after it."""
-        b = pad(suffixes, pad_id, side)
-        mask = torch.cat([torch.ones(len(suffixes), len(self), dtype=b.attention_mask.dtype), b.attention_mask], 1)
-        positions = position_ids_from_mask(mask)[:, len(self):]
-        return Batch(b.input_ids, mask, positions, past_length=len(self))
+        return after(pad(suffixes, pad_id, side), len(self))
 
     def full_ids(self, batch: Batch) -> torch.Tensor:
         """Prefix and suffix ids side by side (what generate expects beside a filled cache)."""
         head = torch.tensor(self.ids, dtype=batch.input_ids.dtype, device=batch.input_ids.device)
         return torch.cat([head.expand(batch.input_ids.shape[0], -1), batch.input_ids], 1)
+
+
+def after(batch: Batch, n: int) -> Batch:
+    """A padded batch of suffixes, made to follow n cached prefix tokens (mask and positions)."""
+    ones = torch.ones(batch.input_ids.shape[0], n, dtype=batch.attention_mask.dtype, device=batch.attention_mask.device)
+    mask = torch.cat([ones, batch.attention_mask], 1)
+    return Batch(batch.input_ids, mask, position_ids_from_mask(mask)[:, n:], past_length=n)
 
 
 def split(seqs: list[list[int]], enabled: bool = True, minimum: int = MIN_PREFIX) -> tuple[list[int], list[list[int]]]:

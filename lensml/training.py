@@ -47,6 +47,8 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the trained block"})
     offload_unused: bool = field(default=False, metadata={"help": "on a GPU, move the embeddings and LM head to the CPU while training (-2 GB on an 8B model, +1.8 s on an H100)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message (default: the template's own)"})
+    share_prefix: bool = field(default=True, metadata={
+        "help": "run the prompts' common template prefix once per step, not in every prompt (same loss to float rounding)"})
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self):

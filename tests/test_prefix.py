@@ -101,3 +101,37 @@ def test_generation_and_nll_with_a_shared_prefix_equal_whole_prompts(arch):
     answers = ["Because they are content.", "Grey sky, wet streets.", "只能被一和自身整除的数。", "Mars."]
     assert answer_nll(model, tok, PROMPTS, answers, batch_size=3) == pytest.approx(
         answer_nll(model, tok, PROMPTS, answers, batch_size=3, share_prefix=False), rel=1e-5)
+
+
+def test_training_with_a_shared_prefix_equals_whole_prompts(arch, parallel_data):
+    """LENS steps with the template prefix run once per step: same losses, gradients and weights."""
+    from lensml.caching import build_cache
+    from lensml.data.loaders import load_rows, load_texts
+    from lensml.losses import LossConfig
+    from lensml.methods.lens import train
+    from lensml.probing import ProbeConfig, probe
+    from lensml.training import TrainConfig
+
+    model, tok = arch
+    langs = ["en", "zh", "sw"]
+    sub = probe(model, tok, load_texts(str(parallel_data), langs), "en", ProbeConfig(batch_size=5))
+    rows = load_rows(str(parallel_data), langs)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    results, weights = {}, {}
+    for shared in (True, False):
+        model.load_state_dict(original)
+        cfg = TrainConfig(lr=3e-3, epochs=2, batch_size=8, start_layer=-3, share_prefix=shared,
+                          loss=LossConfig(lambdas={"zh": 2.0, "sw": 1.0}, retain="both", lambda3=1.0))
+        cache = build_cache(model, tok, rows, langs, "en", cfg)
+        assert bool(cache.prefix) == shared and (not shared or cache.prefix >= 4)
+        results[shared] = train(model, tok, sub, rows, langs, "en", cfg, cache=cache)
+        weights[shared] = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(original)
+    for a, b in zip(results[True].history, results[False].history):
+        for term in ("loss", "agnostic", "specific", "retain"):
+            assert a[term] == pytest.approx(b[term], rel=1e-4, abs=1e-6), term
+    moved = 0
+    for k in original:
+        torch.testing.assert_close(weights[True][k], weights[False][k], rtol=1e-4, atol=1e-5)
+        moved += not torch.equal(weights[True][k], original[k])
+    assert moved > 0

@@ -20,6 +20,7 @@ import torch
 from lensml.data.loaders import load_rows
 from lensml.errors import LensError
 from lensml.models import ModelConfig, input_device, load_model
+from lensml.caching import shared_prefix
 from lensml.probing import last_token_states
 from lensml.progress import progress
 from lensml.templating import encode_prompts, length_sorted_batches, pad
@@ -114,11 +115,15 @@ def collect_states(model, tokenizer, prompts: dict[str, list[str]], max_length: 
     blocks, labels = [], []
     for lang, texts in prompts.items():
         ids = encode_prompts(tokenizer, texts, max_length, system)
+        pre, _, tails = shared_prefix(model, ids, True)  # the template prefix runs once, as in probing
         chunks, order = [], []
-        for idx in progress(length_sorted_batches([len(x) for x in ids], batch_size), desc=f"{desc} {lang}",
+        for idx in progress(length_sorted_batches([len(x) for x in tails], batch_size), desc=f"{desc} {lang}",
                             leave=False):
-            batch = pad([ids[i] for i in idx], tokenizer.pad_token_id, side="left").to(device)
-            chunks.append(last_token_states(model, batch).float().cpu())
+            if pre is None:
+                batch, past = pad([ids[i] for i in idx], tokenizer.pad_token_id, side="left").to(device), None
+            else:
+                batch, past = pre.batch([tails[i] for i in idx], tokenizer.pad_token_id).to(device), pre.past(len(idx))
+            chunks.append(last_token_states(model, batch, past=past).float().cpu())
             order.extend(idx)
         blocks.append(torch.cat(chunks, dim=1)[:, torch.argsort(torch.tensor(order))])
         labels.extend([lang] * len(texts))

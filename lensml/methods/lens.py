@@ -48,14 +48,19 @@ def _offload_unused(model, block: TopBlock) -> list[torch.nn.Module]:
 def micro_step(block: TopBlock, cache: ReferenceCache, objective: LensObjective, idx: list[int], langs: list[str],
                device, weight: float | None) -> dict[str, float]:
     """Forward the top block for prompts idx in every language; backward scaled by weight (None: no backward)."""
-    width = max(len(cache.ids[lang][i]) for lang in langs for i in idx)
-    parts = [cache.batch(lang, idx, width, device) for lang in langs]
-    batch = _concat([p[0] for p in parts])
-    final = block.forward(batch, torch.cat([p[1] for p in parts])).float()
-    last, mean = gather_last(final, batch.attention_mask), masked_mean(final, batch.attention_mask)
-    k = len(idx)
-    states = {lang: {"last": last[j * k:(j + 1) * k], "mean": mean[j * k:(j + 1) * k]} for j, lang in enumerate(langs)}
-    refs = {lang: p[2] for lang, p in zip(langs, parts)}
+    if cache.prefix:
+        states, refs = _states_after_prefix(block, cache, idx, langs, device)
+    else:
+        width = max(len(cache.ids[lang][i]) for lang in langs for i in idx)
+        parts = [cache.batch(lang, idx, width, device) for lang in langs]
+        batch = _concat([p[0] for p in parts])
+        final = block.forward(batch, torch.cat([p[1] for p in parts])).float()
+        last, mean = gather_last(final, batch.attention_mask), masked_mean(final, batch.attention_mask)
+        k = len(idx)
+        states = {lang: {"last": last[j * k:(j + 1) * k], "mean": mean[j * k:(j + 1) * k]}
+                  for j, lang in enumerate(langs)}
+        refs = {lang: p[2] for lang, p in zip(langs, parts)}
+    final = next(iter(states.values()))["last"]
     if final.device != objective.a.device:  # the last layers may sit on another GPU under a device_map
         objective = objective.to(final.device)
         refs = {k: {kk: vv.to(final.device) for kk, vv in v.items()} for k, v in refs.items()}
@@ -63,6 +68,21 @@ def micro_step(block: TopBlock, cache: ReferenceCache, objective: LensObjective,
     if weight is not None:
         (terms["loss"] * weight).backward()
     return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
+
+
+def _states_after_prefix(block: TopBlock, cache: ReferenceCache, idx: list[int], langs: list[str], device):
+    """The step's states with the shared prefix run once: one forward per language, each only as
+    wide as its own prompts (Chinese prompts no longer pad English ones to their length)."""
+    skip = cache.prefix
+    parts = [cache.batch(lang, idx, max(len(cache.ids[lang][i]) for i in idx) - skip, device, skip) for lang in langs]
+    head, finals = block.after_prefix(cache.prefix_hidden(device), [(b, h) for b, h, _ in parts])
+    head_sum, states = head[0].float().sum(0), {}
+    for lang, (b, _, _), final in zip(langs, parts, finals):
+        final, own = final.float(), b.own_mask
+        m = own.to(final.dtype).unsqueeze(-1)
+        mean = ((final * m).sum(1) + head_sum) / (m.sum(1) + skip)
+        states[lang] = {"last": gather_last(final, own), "mean": mean}
+    return states, {lang: p[2] for lang, p in zip(langs, parts)}
 
 
 def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, str]], languages: list[str],

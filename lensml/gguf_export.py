@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lensml.errors import LensError
+from lensml.gguf_read import reading_once
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, cha
     source, target = Path(source), Path(target)
     reader = GGUFReader(str(source))
     arch = reader.fields["general.architecture"].contents()
-    hf_of = get_gguf_hf_weights_map(model, TensorProcessor())
+    with reading_once():  # the name map once, not per submodule
+        hf_of = get_gguf_hf_weights_map(model, TensorProcessor())
     params = dict(model.named_parameters())
     wanted = set(changed)
     writer = None

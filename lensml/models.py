@@ -141,6 +141,8 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     """Convert a GGUF file once to a float32 safetensors checkpoint; return its directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lensml.gguf_read import reading_once
+
     target = cache_dir() / "models" / f"gguf-{file_digest(gguf_path)}"
     if (target / "config.json").is_file():
         return target
@@ -148,8 +150,10 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     remove_stale(target.parent, CONVERT_PREFIX)  # conversions killed half-way
     log.info("converting %s to a safetensors checkpoint in %s (once)", gguf_path, target)
     try:
-        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        with reading_once():  # transformers would parse the file three times
+            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                         dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise LensError(f"cannot read GGUF file {gguf_path}: {str(err).splitlines()[0]}") from err
     # Dequantised weights are plain tensors now: drop the quantizer so save_pretrained works.

@@ -20,6 +20,11 @@ def test_packaged_default_model_converts_once_and_loads(tmp_path, monkeypatch):
     # Loading again uses the cache (same folder, no second conversion) and gives the same weights.
     again, _, _ = load_model(ModelConfig(gguf=str(packaged_gguf("smollm2-135m-instruct"))))
     assert torch.equal(again.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
+    # ... and the weights are the GGUF's own, dequantised (the file was parsed once, lensml.gguf_read).
+    from gguf import GGUFReader, dequantize
+    t = next(t for t in GGUFReader(str(packaged_gguf("smollm2-135m-instruct"))).tensors if t.name == "blk.0.ffn_up.weight")
+    expected = torch.from_numpy(dequantize(t.data, t.tensor_type).reshape(1536, 576).copy())
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, expected)
     # The checkpoint saves like any other: the quantizer flags are gone.
     model.save_pretrained(tmp_path / "saved")
     assert "quantization_config" not in json.loads((tmp_path / "saved" / "config.json").read_text())
@@ -170,3 +175,28 @@ def test_bounded_hub_requests_cover_calls_without_a_timeout(monkeypatch):
     finally:
         _http.set_client_factory(_http.default_client_factory)
         server.close()
+
+
+def test_reading_once_parses_a_gguf_file_once_and_restores_gguf(tmp_path):
+    import gguf
+    import numpy as np
+
+    from lensml.gguf_read import reading_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("blk.0.ffn_up.weight", np.arange(8, dtype=np.float32).reshape(2, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with reading_once():
+        first, second = gguf.GGUFReader(str(path)), gguf.GGUFReader(str(tmp_path / "." / "tiny.gguf"))
+        assert first is second  # one parse for config, tokenizer and weights
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+        assert first.fields["llama.block_count"].contents() == 2
+        assert first.tensors[0].data.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert gguf.GGUFReader is original_reader and gguf.get_tensor_name_map is original_map
+    assert gguf.GGUFReader(str(path)) is not gguf.GGUFReader(str(path))

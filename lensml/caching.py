@@ -98,7 +98,7 @@ class TopBlock:
 
     @contextmanager
     def _lower_layers_skipped(self):
-        if self._as_tuple is None:
+        if self._as_tuple is None and self.start > 0:
             raise RuntimeError("call TopBlock.full once before the cached forward")
         layers = self.decoder.layers
         saved = [layers[i] for i in range(self.start)]

@@ -2,7 +2,7 @@
 
 llama.cpp and ollama run GGUF, and the default model is one. Rather than converting the
 whole enhanced checkpoint (re-quantising layers that never changed), the source GGUF
-is copied: every key-value and every untouched tensor byte for byte, and each changed
+is copied (lensml.gguf_file): every key-value and every untouched tensor byte for byte, and each changed
 tensor is written in the source's own quantisation type where gguf-py can quantise it
 (else F16), or in F16/F32 when asked. HF -> GGUF tensor processing is the inverse of
 transformers' GGUF loader: Llama's Q/K rows are permuted back to llama.cpp's rotary
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lensml.errors import LensError
+from lensml.gguf_file import GGUFFile, write_copy
 from lensml.gguf_read import reading_once
 
 log = logging.getLogger(__name__)
@@ -63,69 +64,45 @@ def _encode(w: np.ndarray, source_type, wanted: str):
         return w.astype(np.float16), Q.F16
 
 
-def _field_value(field):
-    from gguf import GGUFValueType
-
-    main = field.types[0]
-    if main == GGUFValueType.ARRAY:
-        return field.contents(), main, field.types[-1]
-    return field.contents(), main, None
-
-
 def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, changed: list[str],
                 gguf_type: str = "source") -> dict:
     """Write target: source with the HF parameters named in `changed` taken from model. Returns a summary."""
-    from gguf import GGUFReader, GGUFWriter
+    from gguf import GGMLQuantizationType
     from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
 
     if gguf_type not in TYPES:
         raise LensError(f"unknown GGUF tensor type '{gguf_type}': use one of {', '.join(TYPES)}")
     source, target = Path(source), Path(target)
-    reader = GGUFReader(str(source))
-    arch = reader.fields["general.architecture"].contents()
-    with reading_once():  # the name map once, not per submodule
-        hf_of = get_gguf_hf_weights_map(model, TensorProcessor())
-    params = dict(model.named_parameters())
-    wanted = set(changed)
-    writer = None
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-")
-    os.close(fd)
-    written: dict[str, str] = {}
+    src = GGUFFile(source)
     try:
-        writer = GGUFWriter(tmp, arch)
-        for name, field in reader.fields.items():
-            if name.startswith("GGUF.") or name == "general.architecture":
-                continue
-            value, vtype, sub = _field_value(field)
-            if name == "general.alignment":
-                writer.data_alignment = int(value)
-            writer.add_key_value(name, value, vtype, sub)
-        for t in reader.tensors:
+        with reading_once():  # the name map once, not per submodule
+            hf_of = get_gguf_hf_weights_map(model, TensorProcessor())
+        params = dict(model.named_parameters())
+        wanted = set(changed)
+        replaced: dict[str, tuple[bytes, int]] = {}
+        written: dict[str, str] = {}
+        for t in src.tensors:
             hf = hf_of.get(t.name)
             if hf in wanted:
                 w = params[hf].detach().to("cpu", torch.float32).numpy()
-                data, qtype = _encode(_to_gguf_layout(arch, t.name, w, model.config), t.tensor_type, gguf_type)
-                writer.add_tensor(t.name, data, raw_dtype=qtype)
+                data, qtype = _encode(_to_gguf_layout(src.architecture, t.name, w, model.config),
+                                      GGMLQuantizationType(t.type), gguf_type)
+                replaced[t.name] = (np.ascontiguousarray(data).tobytes(), int(qtype))
                 written[t.name] = qtype.name
-            else:
-                writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
         missing = wanted - {hf_of.get(name) for name in written}
         if missing:
             raise LensError(f"GGUF export: {sorted(missing)[0]} has no tensor in {source.name}: use OUT/model")
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-")
+        os.close(fd)
+        try:
+            write_copy(src, tmp, replaced)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     finally:
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001 - already closed or never opened
-                pass
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        src.close()
     return {"source": str(source), "replaced": written, "type": gguf_type}
 
 

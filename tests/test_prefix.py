@@ -135,3 +135,41 @@ def test_training_with_a_shared_prefix_equals_whole_prompts(arch, parallel_data)
         torch.testing.assert_close(weights[True][k], weights[False][k], rtol=1e-4, atol=1e-5)
         moved += not torch.equal(weights[True][k], original[k])
     assert moved > 0
+
+
+@pytest.mark.parametrize("name", ["xsft", "xsft-full", "qalign"])
+def test_fine_tuning_with_a_shared_prefix_equals_whole_sequences(name, arch, tmp_path):
+    """The baselines run the examples' template prefix once per pass: same losses and weights."""
+    from lensml import methods
+    from lensml.data.loaders import load_rows
+    from lensml.methods.base import MethodInputs
+    from lensml.training import TrainConfig
+    from tests.helpers import write_parallel_data
+
+    model, tok = arch
+    data = write_parallel_data(tmp_path / "qa.jsonl", repeat=2, responses=True)
+    rows = load_rows(str(data), ["en", "zh"], responses=["en", "zh"])
+    inputs = MethodInputs(rows, ["en", "zh"], "en", None, None, [r["responses"] for r in rows])
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    results, weights = {}, {}
+    for shared in (True, False):
+        model.load_state_dict(original)
+        results[shared] = methods.get(name).train(model, tok, inputs, TrainConfig(lr=1e-2, batch_size=4,
+                                                                                 share_prefix=shared))
+        weights[shared] = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(original)
+    assert [h["loss"] for h in results[True].history] == pytest.approx([h["loss"] for h in results[False].history],
+                                                                       rel=1e-4)
+    for k in original:  # Adam divides by the gradient's own scale: a near-zero gradient's rounding shows
+        torch.testing.assert_close(weights[True][k], weights[False][k], rtol=1e-4, atol=5e-4)  # lr 1e-2 a step
+    assert any(not torch.equal(weights[True][k], original[k]) for k in original)
+
+
+def test_sft_examples_share_the_template_prefix(arch):
+    from lensml.methods.sft import Examples, encode_pair, shared_length
+
+    model, tok = arch
+    pairs = [encode_pair(tok, p, "An answer.", 128, 64) for p in PROMPTS]
+    ex = Examples([[p[0]] for p in pairs], [[p[1]] for p in pairs])
+    assert shared_length(model, ex, True) == len(split(encode_prompts(tok, PROMPTS))[0]) >= 4
+    assert shared_length(model, ex, False) == 0

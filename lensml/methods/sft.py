@@ -22,6 +22,7 @@ from lensml.errors import LensError
 from lensml.methods import register
 from lensml.methods.base import Method, MethodInputs
 from lensml.models import decoder_of, input_device
+from lensml.prefix import after, common_prefix_length, fits_window, run_prefix
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
 
@@ -95,8 +96,20 @@ def _loss_of(model, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), shifted[keep])
 
 
-def response_loss(model, input_ids: list[list[int]], labels: list[list[int]], pad_id: int, device) -> torch.Tensor:
-    """Mean next-token cross-entropy over the response tokens of a batch (full forward)."""
+def response_loss(model, input_ids: list[list[int]], labels: list[list[int]], pad_id: int, device,
+                  skip: int = 0) -> torch.Tensor:
+    """Mean next-token cross-entropy over the response tokens of a batch (full forward).
+
+    skip > 0: the first skip tokens are the examples' shared prefix (all prompt, no labels):
+    it runs once and the batch follows it, gradients included (lensml.prefix).
+    """
+    if skip:
+        emb = model.get_input_embeddings()
+        head = emb(torch.tensor([input_ids[0][:skip]], device=device))
+        batch = after(pad([s[skip:] for s in input_ids], pad_id, side="right"), skip).to(device)
+        target = pad_labels([lab[skip:] for lab in labels], batch.input_ids.shape[1]).to(device)
+        _, (final,) = TopBlock(model, 0, as_tuple=False).after_prefix(head, [(batch, emb(batch.input_ids))])
+        return _loss_of(model, final, target)
     batch = pad(input_ids, pad_id, side="right").to(device)
     target = pad_labels(labels, batch.input_ids.shape[1]).to(device)
     hidden = decoder_of(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -105,14 +118,18 @@ def response_loss(model, input_ids: list[list[int]], labels: list[list[int]], pa
 
 
 def cached_response_loss(model, block: TopBlock, hidden_in: list[torch.Tensor], input_ids: list[list[int]],
-                         labels: list[list[int]], pad_id: int, device) -> torch.Tensor:
+                         labels: list[list[int]], pad_id: int, device, skip: int = 0) -> torch.Tensor:
     """response_loss from cached start-layer inputs: only the trained block and the LM head run."""
-    batch = pad(input_ids, pad_id, side="right").to(device)
-    target = pad_labels(labels, batch.input_ids.shape[1]).to(device)
+    batch = pad([s[skip:] for s in input_ids], pad_id, side="right")
+    batch = (after(batch, skip) if skip else batch).to(device)
+    target = pad_labels([lab[skip:] for lab in labels], batch.input_ids.shape[1]).to(device)
     h = hidden_in[0].new_zeros((len(input_ids), batch.input_ids.shape[1], hidden_in[0].shape[-1]))
     for row, x in enumerate(hidden_in):
-        h[row, :x.shape[0]] = x
-    return _loss_of(model, block.forward(batch, h.to(device)), target)
+        h[row, :x.shape[0] - skip] = x[skip:]
+    if not skip:
+        return _loss_of(model, block.forward(batch, h.to(device)), target)
+    _, (final,) = block.after_prefix(hidden_in[0][None, :skip].to(device), [(batch, h.to(device))])
+    return _loss_of(model, final, target)
 
 
 @dataclass
@@ -143,20 +160,37 @@ def trainable(model, cfg: TrainConfig, full: bool) -> list[torch.nn.Parameter]:
     return TopBlock(model, cfg.start_layer).parameters()
 
 
+def shared_length(model, examples: Examples, enabled: bool) -> int:
+    """Tokens every example starts with (the template prefix), run once per pass (lensml.prefix)."""
+    every = [seq for row in examples.ids for seq in row]
+    return common_prefix_length(every) if enabled and fits_window(model, max(len(x) for x in every)) else 0
+
+
 @torch.no_grad()
-def cache_inputs(block: TopBlock, examples: Examples, pad_id: int, device, batch_size: int = 16) -> list[list[torch.Tensor]]:
+def cache_inputs(block: TopBlock, examples: Examples, pad_id: int, device, batch_size: int = 16,
+                 skip: int = 0) -> list[list[torch.Tensor]]:
     """Start-layer inputs of every sequence, from one no-grad pass: the frozen layers below never change.
 
     The same saving LENS takes (lensml.caching): each step then runs only the trained block and the LM head.
+    skip: the shared prefix length; it runs once and heads every stored sequence.
     """
     flat = [(r, j) for r in range(len(examples)) for j in range(len(examples.ids[r]))]
     hidden: list[list] = [[None] * len(row) for row in examples.ids]
+    head = None
+    if skip:
+        with block.capturing() as captured:
+            pre, _ = run_prefix(decoder_of(block.model), examples.ids[0][0][:skip], device)
+        head = captured["h"][0]
     for group in length_sorted_batches([len(examples.ids[r][j]) for r, j in flat], batch_size):
         seqs = [examples.ids[flat[g][0]][flat[g][1]] for g in group]
-        h_in, _ = block.full(pad(seqs, pad_id, side="right").to(device))
+        if head is None:
+            h_in, _ = block.full(pad(seqs, pad_id, side="right").to(device))
+        else:
+            h_in, _ = block.full(pre.batch([x[skip:] for x in seqs], pad_id, side="right").to(device), pre.past(len(seqs)))
         for k, g in enumerate(group):
             r, j = flat[g]
-            hidden[r][j] = h_in[k, :len(seqs[k])].clone()
+            own = h_in[k, :len(seqs[k]) - skip]
+            hidden[r][j] = (torch.cat([head, own]) if head is not None else own).clone()
     return hidden
 
 
@@ -171,9 +205,10 @@ def fine_tune(model, tokenizer, examples: Examples, cfg: TrainConfig, params: li
         p.requires_grad_(False)
     model.eval()
     hidden = None
+    skip = shared_length(model, examples, cfg.share_prefix)
     if block is not None:
         t0 = time.perf_counter()
-        hidden = cache_inputs(block, examples, tokenizer.pad_token_id, device)
+        hidden = cache_inputs(block, examples, tokenizer.pad_token_id, device, skip=skip)
         result.timings_s["input_cache"] = result.timings_s.get("input_cache", 0.0) + time.perf_counter() - t0
     for p in params:
         p.requires_grad_(True)
@@ -182,9 +217,9 @@ def fine_tune(model, tokenizer, examples: Examples, cfg: TrainConfig, params: li
         seqs = [s for i in idx for s in examples.ids[i]]
         labs = [lab for i in idx for lab in examples.labels[i]]
         if hidden is None:
-            return response_loss(model, seqs, labs, tokenizer.pad_token_id, device)
+            return response_loss(model, seqs, labs, tokenizer.pad_token_id, device, skip)
         return cached_response_loss(model, block, [h for i in idx for h in hidden[i]], seqs, labs,
-                                    tokenizer.pad_token_id, device)
+                                    tokenizer.pad_token_id, device, skip)
 
     def micro_step(idx: list[int], weight: float | None) -> dict[str, float]:
         if weight is None:

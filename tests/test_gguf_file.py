@@ -19,6 +19,7 @@ def _tiny_gguf(path, alignment=None):
     w.add_array("tokenizer.ggml.tokens", ["<s>", "a", "ab", "中文"])
     w.add_array("tokenizer.ggml.scores", [0.0, -1.5, -2.5, -3.0])
     w.add_float32("llama.rope.freq_base", 10000.0)
+    w.add_tensor("output_norm.weight", np.arange(5, dtype=np.float32))  # 20 bytes: the next tensor needs padding
     w.add_tensor("blk.0.ffn_up.weight", np.arange(96, dtype=np.float32).reshape(3, 32))
     w.add_tensor("blk.1.ffn_up.weight", np.ones((2, 32), dtype=np.float16))
     q8 = gguf.quants.quantize(np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32), gguf.GGMLQuantizationType.Q8_0)
@@ -37,8 +38,9 @@ def test_copy_replaces_only_the_named_tensors(tmp_path, alignment):
     src_path = _tiny_gguf(tmp_path / "src.gguf", alignment)
     src = GGUFFile(src_path)
     assert src.architecture == "llama" and src.alignment == (alignment or 32)
-    assert [t.name for t in src.tensors] == ["blk.0.ffn_up.weight", "blk.1.ffn_up.weight", "blk.1.ffn_down.weight"]
-    assert src.tensors[0].dims == (32, 3) and src.tensors[2].type == Q.Q8_0
+    assert [t.name for t in src.tensors] == ["output_norm.weight", "blk.0.ffn_up.weight", "blk.1.ffn_up.weight",
+                                             "blk.1.ffn_down.weight"]
+    assert src.tensors[1].dims == (32, 3) and src.tensors[3].type == Q.Q8_0
     new = np.full((3, 32), 0.5, dtype=np.float16)  # F32 -> F16: the tensor shrinks, later offsets move
     write_copy(src, tmp_path / "out.gguf", {"blk.0.ffn_up.weight": (new.tobytes(), int(Q.F16))})
     src.close()
@@ -49,7 +51,7 @@ def test_copy_replaces_only_the_named_tensors(tmp_path, alignment):
             assert after.fields[name].contents() == field.contents(), name
     old, out = {t.name: t for t in before.tensors}, {t.name: t for t in after.tensors}
     assert out["blk.0.ffn_up.weight"].tensor_type == Q.F16 and np.all(out["blk.0.ffn_up.weight"].data == 0.5)
-    for name in ("blk.1.ffn_up.weight", "blk.1.ffn_down.weight"):
+    for name in ("output_norm.weight", "blk.1.ffn_up.weight", "blk.1.ffn_down.weight"):
         assert out[name].tensor_type == old[name].tensor_type
         assert bytes(out[name].data.tobytes()) == bytes(old[name].data.tobytes()), name
     for t in after.tensors:

@@ -8,6 +8,7 @@ Llama of a given shape, with the embedded data (responses included). Checks that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -25,7 +26,9 @@ from lensml.probing import ProbeConfig, probe  # noqa: E402
 from lensml.steering import SteerConfig  # noqa: E402
 from lensml.training import TrainConfig  # noqa: E402
 
-SHAPES = {"1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+SHAPES = {"tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2),  # CPU dry runs of this script
+          "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                      num_key_value_heads=8),
           "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                      num_key_value_heads=8)}
@@ -40,12 +43,18 @@ def build(shape: str, tok, device):
         return LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16).eval()
 
 
+def _profiler(device):
+    from torch.profiler import ProfilerActivity, profile
+    return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else []))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tokenizer", default=".bench_tok")
     ap.add_argument("--shape", choices=list(SHAPES), default="1b")
     ap.add_argument("--methods", default="lens,xsft,xsft-full,qalign,steer")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each method")
     args = ap.parse_args()
     device = torch.device(args.device)
     tok = load_tokenizer(args.tokenizer, ModelConfig())
@@ -72,9 +81,16 @@ def main() -> int:
             torch.cuda.synchronize(device)
         t = time.perf_counter()
         try:
-            result = method.train(model, tok, MethodInputs(rows, langs, central, sub, None,
-                                                           [r["responses"] for r in rows]),
-                                  TrainConfig(lr=1e-5), options=options)
+            prof = _profiler(device) if args.profile else contextlib.nullcontext()
+            with prof:
+                result = method.train(model, tok, MethodInputs(rows, langs, central, sub, None,
+                                                               [r["responses"] for r in rows]),
+                                      TrainConfig(lr=1e-5), options=options)
+            if args.profile:
+                key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+                for k in dict.fromkeys([key, "self_cpu_time_total"]):
+                    print(f"--- {name}: top operators by {k} ---", flush=True)
+                    print(prof.key_averages().table(sort_by=k, row_limit=15, max_name_column_width=50), flush=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t

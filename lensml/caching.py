@@ -22,7 +22,7 @@ from lensml import distributed
 from lensml.errors import LensError
 from lensml.models import decoder_of, input_device
 from lensml.progress import progress
-from lensml.prefix import after, common_prefix_length, fits_window
+from lensml.prefix import after, common_prefix_length, fits_window, past_kwargs
 from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, pad
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class TopBlock:
     def _call(self, batch: Batch, inputs_embeds: torch.Tensor | None = None, past=None):
         ids = batch.input_ids if inputs_embeds is None else None
         return self.decoder(input_ids=ids, inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids, cache=past, use_cache=False)
+                            position_ids=batch.position_ids, use_cache=False, **past_kwargs(self.decoder, past))
 
     @contextmanager
     def capturing(self):

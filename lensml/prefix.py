@@ -17,6 +17,8 @@ padding never shifts a position.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -106,7 +108,26 @@ def run_prefix(decoder, ids: list[int], device) -> tuple[Prefix, torch.Tensor]:
     """
     x = torch.tensor([ids], dtype=torch.long, device=device)
     out = decoder(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
-    return Prefix(list(ids), out.cache), out.last_hidden_state
+    return Prefix(list(ids), output_cache(out)), out.last_hidden_state
+
+
+def past_kwargs(module, past) -> dict:
+    """{name: past} for a forward or generate call: transformers renamed `past_key_values` to `cache`
+    (5.2x); the name the module's forward takes is the one to use. {} without a past."""
+    if past is None:
+        return {}
+    return {_cache_name(type(module)): past}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(cls) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def hooked(model) -> bool:

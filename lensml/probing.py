@@ -17,7 +17,8 @@ from lensml.progress import progress as tqdm
 from lensml import distributed
 from lensml.errors import LensError
 from lensml.caching import ReferenceCache, TopBlock, capturing_all, shared_prefix
-from lensml.models import decoder_of, input_device
+from lensml.models import decoder_of, input_device, steady_attention
+from lensml.prefix import past_kwargs
 from lensml.subspace import LanguageSubspace
 from lensml.templating import encode_prompts, length_sorted_batches, pad
 
@@ -68,7 +69,7 @@ def last_token_states(model, batch, keep_final: list | None = None, past=None) -
     handles = [layer.register_forward_hook(keep) for layer in layers[:-1]]
     try:
         out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      position_ids=batch.position_ids, cache=past, use_cache=False)
+                      position_ids=batch.position_ids, use_cache=False, **past_kwargs(decoder, past))
     finally:
         for h in handles:
             h.remove()
@@ -131,6 +132,7 @@ def probe(model, tokenizer, texts_by_lang: dict[str, list[str]], central: str, c
     texts, or a list of them (start layers of a sweep); filled by the same forward passes
     (see shares_prompts).
     """
+    steady_attention(model)
     languages = list(texts_by_lang)
     if central not in languages:
         raise LensError(f"probe data lacks the central language '{central}': add its texts")

@@ -200,3 +200,14 @@ def test_reading_once_parses_a_gguf_file_once_and_restores_gguf(tmp_path):
         assert first.tensors[0].data.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert gguf.GGUFReader is original_reader and gguf.get_tensor_name_map is original_map
     assert gguf.GGUFReader(str(path)) is not gguf.GGUFReader(str(path))
+
+
+def test_steady_attention_leaves_cpu_models_alone(tiny_llama):
+    """cuDNN attention is turned off only for a model on CUDA (it re-plans per sequence shape there)."""
+    import lensml.models as models
+
+    model, _, _ = load_model(ModelConfig(model=str(tiny_llama)))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    models.steady_attention(model)
+    models.steady_attention(list(model.parameters()))
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before and not models._STEADY

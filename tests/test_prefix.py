@@ -173,3 +173,23 @@ def test_sft_examples_share_the_template_prefix(arch):
     ex = Examples([[p[0]] for p in pairs], [[p[1]] for p in pairs])
     assert shared_length(model, ex, True) == len(split(encode_prompts(tok, PROMPTS))[0]) >= 4
     assert shared_length(model, ex, False) == 0
+
+
+def test_the_cache_goes_by_the_name_the_forward_takes():
+    """transformers renamed past_key_values to cache; older 5.x versions take only the old name."""
+    from types import SimpleNamespace
+
+    from lensml.prefix import output_cache, past_kwargs
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):
+            return input_ids
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, **kwargs):
+            return input_ids
+
+    assert past_kwargs(Old(), "kv") == {"past_key_values": "kv"} and past_kwargs(New(), "kv") == {"cache": "kv"}
+    assert past_kwargs(New(), None) == {}
+    assert output_cache(SimpleNamespace(cache="a", past_key_values="b")) == "a"
+    assert output_cache(SimpleNamespace(past_key_values="b")) == "b"

@@ -6,7 +6,7 @@ import torch
 from lensml.progress import progress as tqdm
 
 from lensml.models import decoder_of, input_device
-from lensml.prefix import fits_window, hooked, run_prefix, split
+from lensml.prefix import fits_window, hooked, past_kwargs, run_prefix, split
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 
 
@@ -43,7 +43,7 @@ def generate_answers(model, tokenizer, conversations: list[list[dict] | str], ma
             input_ids = batch.input_ids
         else:
             batch = pre.batch([tails[i] for i in idx], tokenizer.pad_token_id).to(device)
-            input_ids, extra["cache"] = pre.full_ids(batch), pre.past(len(idx))
+            input_ids, extra = pre.full_ids(batch), past_kwargs(model, pre.past(len(idx)))
         out = model.generate(input_ids=input_ids, attention_mask=batch.attention_mask, do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
                              temperature=None, top_p=None, top_k=None, **extra)
@@ -105,7 +105,7 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_s
             batch, extra = pad([seqs[i] for i in idx], tokenizer.pad_token_id, "left").to(device), {}
         else:
             batch = pre.batch([seqs[i] for i in idx], tokenizer.pad_token_id).to(device)
-            extra = {"cache": pre.past(len(idx))}
+            extra = past_kwargs(model, pre.past(len(idx)))
         keep = min(keep, batch.input_ids.shape[1])
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                        use_cache=False, logits_to_keep=keep, **extra).logits.float()

@@ -44,6 +44,14 @@ def test_bundled_config_parses():
     assert cfg.model.model == "meta-llama/Meta-Llama-3-8B-Instruct" and len(cfg.langs) == 6 and cfg.train.lr == 1e-5
 
 
+def test_gemma_base_config_differs_from_the_defaults_only_where_measured():
+    """configs/gemma3_270m_zh.yaml: Gemma's template and lr 1e-4 (README: what fits a base model)."""
+    cfg = load_config(str(Path(__file__).parents[1] / "configs" / "gemma3_270m_zh.yaml"), {"model.gguf": "g.gguf"})
+    assert cfg.model.template == "configs/templates/gemma.jinja" and cfg.model.gguf == "g.gguf"
+    assert cfg.train.lr == 1e-4 and cfg.train.start_layer == -2 and cfg.langs == ["zh"]
+    assert (cfg.train.loss.lambda3, cfg.train.loss.retain) == (10.0, "both")
+
+
 def test_offline_example_config_is_the_default_run():
     cfg = load_config(str(Path(__file__).parents[1] / "configs" / "smollm2_zh.yaml"), {})
     default = RunConfig()

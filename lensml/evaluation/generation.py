@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
-
 import torch
 from lensml.progress import progress as tqdm
 
@@ -21,34 +18,6 @@ def _prefix_for(model, ids: list[list[int]], share_prefix: bool, new_tokens: int
     if not head:
         return None, ids
     return run_prefix(decoder_of(model), head, input_device(model))[0], tails
-
-
-def side_by_side(model, jobs: dict[str, Callable[[], list[str]]]) -> dict[str, list[str]]:
-    """Run generation jobs (one per language) concurrently on a CPU, each with its share of the threads.
-
-    Greedy decoding multiplies a (batch x d) slice by every weight matrix per token, which
-    does not get faster with a second thread: measured on the 2-core machine, a SmolLM2 decode
-    step at batch 40 takes 256 ms with one torch thread and 257 ms with two. Two languages
-    decoded side by side, one thread each, take half the time; prefill and everything else
-    keep all threads. Sequential on a GPU, with one thread or one job, and when hooks are
-    attached (steering keeps per-call state on its hooks).
-    """
-    threads = torch.get_num_threads()
-    if len(jobs) < 2 or threads < 2 or input_device(model).type != "cpu" or hooked(model):
-        return {key: job() for key, job in jobs.items()}
-    workers = min(threads, len(jobs))
-    share = max(1, threads // workers)
-
-    def run(job):
-        torch.set_num_threads(share)  # per thread: OpenMP settings do not carry into new threads
-        return job()
-
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            futures = {key: pool.submit(run, job) for key, job in jobs.items()}
-            return {key: future.result() for key, future in futures.items()}
-    finally:
-        torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -7,7 +7,6 @@ what was counted (detected language, echo/loop/empty flags) on each side.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -17,7 +16,7 @@ import torch
 
 from lensml.evaluation.degeneration import degeneration
 from lensml.errors import LensError
-from lensml.evaluation.generation import answer_nll, generate_answers, side_by_side
+from lensml.evaluation.generation import answer_nll, generate_answers
 from lensml.evaluation.metrics import share
 from lensml.langid import LanguageIdentifier
 from lensml.report import LanguageScores, QuickEval, Retention
@@ -50,10 +49,8 @@ class QuickEvalConfig:
 
 
 def answer_prompts(model, tokenizer, prompts: dict[str, list[str]], cfg: QuickEvalConfig, tag: str) -> dict[str, list[str]]:
-    """Each language's answers; on a multi-core CPU the languages decode side by side."""
-    jobs = {lang: functools.partial(generate_answers, model, tokenizer, ps, cfg.max_new_tokens, cfg.batch_size,
-                                    desc=f"{tag} {lang}") for lang, ps in prompts.items()}
-    return side_by_side(model, jobs)
+    return {lang: generate_answers(model, tokenizer, ps, cfg.max_new_tokens, cfg.batch_size, desc=f"{tag} {lang}")
+            for lang, ps in prompts.items()}
 
 
 def score_answers(prompts: dict[str, list[str]], answers: dict[str, list[str]], ident: LanguageIdentifier) -> dict:

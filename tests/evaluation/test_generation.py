@@ -89,24 +89,3 @@ def test_generate_answers_real_model_batched_like_alone(tiny):
     alone = [generate_answers(model, tok, [p], max_new_tokens=6)[0] for p in PROMPTS]
     assert together == alone
     assert tok.eos_token_id in _stop_ids(model, tok)
-
-
-def test_languages_decode_side_by_side_with_the_same_answers(tiny):
-    """On a multi-core CPU each language gets its own thread: same answers, threads restored."""
-    from lensml.evaluation.generation import side_by_side
-
-    model, tok = tiny
-    prompts = {"en": PROMPTS[:2], "zh": [PROMPTS[2], "什么是光合作用？"]}
-    alone = {lang: generate_answers(model, tok, ps, max_new_tokens=6) for lang, ps in prompts.items()}
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    seen = []
-    try:
-        def job(ps):
-            seen.append(torch.get_num_threads())
-            return generate_answers(model, tok, ps, max_new_tokens=6)
-        together = side_by_side(model, {lang: (lambda ps=ps: job(ps)) for lang, ps in prompts.items()})
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-    assert together == alone and seen == [1, 1]

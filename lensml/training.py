@@ -35,7 +35,7 @@ class TrainConfig:
     """Optimisation of the top layers."""
 
     start_layer: int = field(default=-2, metadata={"help": "first trained decoder layer; negative counts from the top (-2: top two)"})
-    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: by model size: 1e-3 under 1B parameters, 1e-5 at 8B)"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: by model size, 1e-3 at 135M parameters to 1e-5 at 8B on a log scale)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up before the cosine decay"})
     epochs: int = field(default=1, metadata={"help": "passes over the training prompts"})

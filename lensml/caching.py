@@ -22,7 +22,7 @@ from lensml import distributed
 from lensml.errors import LensError
 from lensml.models import decoder_of, input_device
 from lensml.progress import progress
-from lensml.prefix import after, common_prefix_length, fits_window, past_kwargs
+from lensml.prefix import after, batch_for, common_prefix_length, past_kwargs, shareable
 from lensml.templating import Batch, encode_prompts, gather_last, length_sorted_batches, pad
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def shared_prefix(model, seqs: list[list[int]], enabled: bool, blocks: list[TopB
     """
     from lensml.prefix import run_prefix, split
 
-    head_ids, tails = split(seqs, enabled and fits_window(model, max(len(s) for s in seqs)))
+    head_ids, tails = split(seqs, shareable(model, seqs, enabled))
     if not head_ids:
         return None, [None] * len(blocks), seqs
     with capturing_all(list(blocks)) as captured:
@@ -198,10 +198,8 @@ def fill_caches(model, caches: list["ReferenceCache"], batch_size: int, share_pr
         for group in progress(length_sorted_batches([len(tails[i]) for i in owned], batch_size),
                               desc=f"cache {lang}", leave=False):
             idx = [owned[g] for g in group]
-            if pre is None:
-                batch, past = pad([seqs[i] for i in idx], first.pad_id, "left").to(model_device), None
-            else:
-                batch, past = pre.batch([tails[i] for i in idx], first.pad_id).to(model_device), pre.past(len(idx))
+            batch, past = batch_for(pre, seqs, tails, idx, first.pad_id)
+            batch = batch.to(model_device)
             with torch.no_grad(), capturing_all(blocks) as captured:
                 final = blocks[0]._call(batch, past=past).last_hidden_state
             for cache, cap, head in zip(caches, captured, heads):
@@ -328,9 +326,8 @@ def empty_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[s
            for lang in langs}
     device = _cache_device(cfg.cache_device, input_device(model), model, ids)
     every = [s for seqs in ids.values() for s in seqs]
-    shared = cfg.share_prefix and fits_window(model, max(len(s) for s in every))
     return ReferenceCache(ids, tokenizer.pad_token_id, TopBlock(model, cfg.start_layer).start, device,
-                          prefix=common_prefix_length(every) if shared else 0)
+                          prefix=common_prefix_length(every) if shareable(model, every, cfg.share_prefix) else 0)
 
 
 def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,

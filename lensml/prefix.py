@@ -83,6 +83,20 @@ def split(seqs: list[list[int]], enabled: bool = True, minimum: int = MIN_PREFIX
     return list(seqs[0][:n]) if n else [], [list(s[n:]) for s in seqs]
 
 
+def batch_for(pre: "Prefix | None", seqs: list[list[int]], tails: list[list[int]], idx: list[int], pad_id: int,
+              side: str = "left") -> tuple[Batch, object]:
+    """Sequences idx as a batch, with the past they follow: after the shared prefix when there is
+    one (their tails, and a fresh copy of its cache), else whole (and no past)."""
+    if pre is None:
+        return pad([seqs[i] for i in idx], pad_id, side), None
+    return pre.batch([tails[i] for i in idx], pad_id, side), pre.past(len(idx))
+
+
+def shareable(model, seqs: list[list[int]], enabled: bool = True, extra: int = 0) -> bool:
+    """May these sequences (plus `extra` tokens each, e.g. generated ones) run their prefix once?"""
+    return bool(enabled and seqs) and fits_window(model, max(len(s) for s in seqs) + extra)
+
+
 def fits_window(model, longest: int) -> bool:
     """Can a prefix be shared for sequences of up to `longest` tokens (padding and new tokens included)?
 

@@ -18,9 +18,9 @@ from lensml import distributed
 from lensml.errors import LensError
 from lensml.caching import ReferenceCache, TopBlock, capturing_all, shared_prefix
 from lensml.models import decoder_of, input_device, steady_attention
-from lensml.prefix import past_kwargs
+from lensml.prefix import batch_for, past_kwargs
 from lensml.subspace import LanguageSubspace
-from lensml.templating import encode_prompts, length_sorted_batches, pad
+from lensml.templating import encode_prompts, length_sorted_batches
 
 
 @dataclass
@@ -104,9 +104,8 @@ def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: s
     pre, heads, tails = shared_prefix(model, ids, cfg.share_prefix, blocks)
     for idx in tqdm(length_sorted_batches([len(tails[i]) for i in mine], cfg.batch_size), desc=desc, leave=False):
         rows = [mine[i] for i in idx]
-        batch = (pre.batch([tails[i] for i in rows], tokenizer.pad_token_id) if pre is not None
-                 else pad([ids[i] for i in rows], tokenizer.pad_token_id, side="left")).to(device)
-        past = pre.past(len(rows)) if pre is not None else None
+        batch, past = batch_for(pre, ids, tails, rows, tokenizer.pad_token_id)
+        batch = batch.to(device)
         if not blocks:
             total += last_token_states(model, batch, past=past).to(torch.float64).sum(dim=1)
             continue

@@ -63,6 +63,11 @@ def test_a_window_shorter_than_the_sequences_keeps_whole_prompts(tiny_gemma3):
 
     model, tok, _ = load_model(ModelConfig(model=str(tiny_gemma3)))  # window 6
     assert not fits_window(model, 6) and fits_window(model, 5)
+    from lensml.prefix import shareable
+
+    short = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]]
+    assert shareable(model, short) and not shareable(model, short, extra=1)  # generated tokens count too
+    assert not shareable(model, short, enabled=False) and not shareable(model, [])
     assert generate_answers(model, tok, PROMPTS, 6, 3) == generate_answers(model, tok, PROMPTS, 6, 3, share_prefix=False)
 
 

@@ -21,9 +21,10 @@ from lensml.data.loaders import load_rows
 from lensml.errors import LensError
 from lensml.models import ModelConfig, input_device, load_model
 from lensml.caching import shared_prefix
+from lensml.prefix import batch_for
 from lensml.probing import last_token_states
 from lensml.progress import progress
-from lensml.templating import encode_prompts, length_sorted_batches, pad
+from lensml.templating import encode_prompts, length_sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,8 @@ def collect_states(model, tokenizer, prompts: dict[str, list[str]], max_length: 
         chunks, order = [], []
         for idx in progress(length_sorted_batches([len(x) for x in tails], batch_size), desc=f"{desc} {lang}",
                             leave=False):
-            if pre is None:
-                batch, past = pad([ids[i] for i in idx], tokenizer.pad_token_id, side="left").to(device), None
-            else:
-                batch, past = pre.batch([tails[i] for i in idx], tokenizer.pad_token_id).to(device), pre.past(len(idx))
-            chunks.append(last_token_states(model, batch, past=past).float().cpu())
+            batch, past = batch_for(pre, ids, tails, idx, tokenizer.pad_token_id)
+            chunks.append(last_token_states(model, batch.to(device), past=past).float().cpu())
             order.extend(idx)
         blocks.append(torch.cat(chunks, dim=1)[:, torch.argsort(torch.tensor(order))])
         labels.extend([lang] * len(texts))

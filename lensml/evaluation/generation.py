@@ -6,13 +6,13 @@ import torch
 from lensml.progress import progress as tqdm
 
 from lensml.models import decoder_of, input_device
-from lensml.prefix import fits_window, hooked, past_kwargs, run_prefix, split
-from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
+from lensml.prefix import batch_for, hooked, past_kwargs, run_prefix, shareable, split
+from lensml.templating import length_sorted_batches, render, tokenize_rendered
 
 
 def _prefix_for(model, ids: list[list[int]], share_prefix: bool, new_tokens: int = 0):
     """The prompts' common prefix run once (lensml.prefix), unless hooks must see whole prompts."""
-    if not ids or not share_prefix or hooked(model) or not fits_window(model, max(len(s) for s in ids) + new_tokens):
+    if not shareable(model, ids, share_prefix, new_tokens) or hooked(model):
         return None, ids
     head, tails = split(ids)
     if not head:
@@ -37,13 +37,10 @@ def generate_answers(model, tokenizer, conversations: list[list[dict] | str], ma
     eos = _stop_ids(model, tokenizer)
     pre, tails = _prefix_for(model, ids, share_prefix, max_new_tokens)
     for idx in tqdm(length_sorted_batches([len(s) for s in tails], batch_size), desc=desc, leave=False):
-        extra = {}
-        if pre is None:
-            batch = pad([ids[i] for i in idx], tokenizer.pad_token_id, "left").to(device)
-            input_ids = batch.input_ids
-        else:
-            batch = pre.batch([tails[i] for i in idx], tokenizer.pad_token_id).to(device)
-            input_ids, extra = pre.full_ids(batch), past_kwargs(model, pre.past(len(idx)))
+        batch, past = batch_for(pre, ids, tails, idx, tokenizer.pad_token_id)
+        batch = batch.to(device)
+        input_ids = batch.input_ids if pre is None else pre.full_ids(batch)  # generate wants the cached ids too
+        extra = past_kwargs(model, past)
         out = model.generate(input_ids=input_ids, attention_mask=batch.attention_mask, do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
                              temperature=None, top_p=None, top_k=None, **extra)
@@ -100,13 +97,9 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_s
     pre, tails = _prefix_for(model, prompt_ids, share_prefix, longest - min(len(p) for p in prompt_ids))
     seqs = [t + a for t, a in zip(tails, answer_ids)]
     for idx in length_sorted_batches([len(s) for s in seqs], batch_size):
-        keep = max(len(answer_ids[i]) for i in idx) + 1
-        if pre is None:
-            batch, extra = pad([seqs[i] for i in idx], tokenizer.pad_token_id, "left").to(device), {}
-        else:
-            batch = pre.batch([seqs[i] for i in idx], tokenizer.pad_token_id).to(device)
-            extra = past_kwargs(model, pre.past(len(idx)))
-        keep = min(keep, batch.input_ids.shape[1])
+        batch, past = batch_for(pre, seqs, seqs, idx, tokenizer.pad_token_id)
+        batch, extra = batch.to(device), past_kwargs(model, past)
+        keep = min(max(len(answer_ids[i]) for i in idx) + 1, batch.input_ids.shape[1])
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                        use_cache=False, logits_to_keep=keep, **extra).logits.float()
         targets = batch.input_ids[:, -keep + 1:]

@@ -22,7 +22,7 @@ from lensml.errors import LensError
 from lensml.methods import register
 from lensml.methods.base import Method, MethodInputs
 from lensml.models import decoder_of, input_device
-from lensml.prefix import after, common_prefix_length, fits_window, run_prefix
+from lensml.prefix import after, batch_for, common_prefix_length, run_prefix, shareable
 from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
 
@@ -163,7 +163,7 @@ def trainable(model, cfg: TrainConfig, full: bool) -> list[torch.nn.Parameter]:
 def shared_length(model, examples: Examples, enabled: bool) -> int:
     """Tokens every example starts with (the template prefix), run once per pass (lensml.prefix)."""
     every = [seq for row in examples.ids for seq in row]
-    return common_prefix_length(every) if enabled and fits_window(model, max(len(x) for x in every)) else 0
+    return common_prefix_length(every) if shareable(model, every, enabled) else 0
 
 
 @torch.no_grad()
@@ -176,17 +176,16 @@ def cache_inputs(block: TopBlock, examples: Examples, pad_id: int, device, batch
     """
     flat = [(r, j) for r in range(len(examples)) for j in range(len(examples.ids[r]))]
     hidden: list[list] = [[None] * len(row) for row in examples.ids]
-    head = None
+    head = pre = None
     if skip:
         with block.capturing() as captured:
             pre, _ = run_prefix(decoder_of(block.model), examples.ids[0][0][:skip], device)
         head = captured["h"][0]
     for group in length_sorted_batches([len(examples.ids[r][j]) for r, j in flat], batch_size):
         seqs = [examples.ids[flat[g][0]][flat[g][1]] for g in group]
-        if head is None:
-            h_in, _ = block.full(pad(seqs, pad_id, side="right").to(device))
-        else:
-            h_in, _ = block.full(pre.batch([x[skip:] for x in seqs], pad_id, side="right").to(device), pre.past(len(seqs)))
+        batch, past = batch_for(pre, seqs, [x[skip:] for x in seqs], list(range(len(seqs))),
+                                pad_id, side="right")
+        h_in, _ = block.full(batch.to(device), past)
         for k, g in enumerate(group):
             r, j = flat[g]
             own = h_in[k, :len(seqs[k]) - skip]

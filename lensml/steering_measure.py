@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], handle: SteeringHandle | None = None,
-               batch_size: int = 16) -> float:
-    """Mean per-token NLL of answers given their prompts; with a handle, steered as generation steers them.
+def answer_nll(model, tokenizer, prompts: list[str], answers: list[str] | None = None,
+               handle: SteeringHandle | None = None, batch_size: int = 16,
+               answer_ids: list[list[int]] | None = None) -> float:
+    """Mean per-token NLL of answers (texts, or the tokens a model wrote: answer_ids) given their
+    prompts; with a handle, steered as generation steers them.
 
     lensml.evaluation.generation.answer_nll cannot see last-position steering: in one
     teacher-forced forward the only steered position is the answer's last token, whose
@@ -33,11 +35,12 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], handle:
     """
     device = input_device(model)
     seqs, starts = [], []
-    for prompt, answer in zip(prompts, answers):
+    if answer_ids is None:
+        answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    for prompt, ids in zip(prompts, answer_ids):
         prompt_ids = tokenize_rendered(tokenizer, render(tokenizer, prompt))
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if answer_ids:
-            seqs.append(prompt_ids + answer_ids)
+        if ids:
+            seqs.append(prompt_ids + list(ids))
             starts.append(len(prompt_ids) - 1)
     total, count = 0.0, 0
     for idx in length_sorted_batches([len(s) for s in seqs], batch_size):

@@ -18,6 +18,21 @@ def tiny_gemma3(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3_wide(tmp_path_factory):
+    """Gemma-3 with sliding layers whose window holds every test sequence (as 512 holds real prompts)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3-wide"), "gemma3", sliding_window=200)
+
+
+@pytest.fixture(params=["tiny_llama", "tiny_gemma3_wide"])
+def arch(request):
+    """(model, tokenizer) of each architecture family the prefix and decoding code must handle."""
+    from lensml.models import ModelConfig, load_model
+
+    model, tok, _ = load_model(ModelConfig(model=str(request.getfixturevalue(request.param))))
+    return model, tok
+
+
+@pytest.fixture(scope="session")
 def parallel_data(tmp_path_factory):
     return write_parallel_data(tmp_path_factory.mktemp("data") / "parallel.jsonl")
 

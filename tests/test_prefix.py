@@ -32,20 +32,6 @@ def test_suffix_batch_masks_the_padding_between_prefix_and_prompt():
     assert pre.full_ids(b).tolist() == [[1, 2, 3, 0, 7], [1, 2, 3, 8, 9]]
 
 
-@pytest.fixture(scope="module")
-def tiny_gemma3_wide(tmp_path_factory):
-    """Gemma-3 with sliding layers whose window holds every test sequence (as 512 holds real prompts)."""
-    from tests.helpers import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3-wide"), "gemma3", sliding_window=200)
-
-
-@pytest.fixture(params=["tiny_llama", "tiny_gemma3_wide"])
-def arch(request):
-    model, tok, _ = load_model(ModelConfig(model=str(request.getfixturevalue(request.param))))
-    return model, tok
-
-
 def test_the_tiny_templates_do_share_a_prefix(arch):
     from lensml.prefix import fits_window
 

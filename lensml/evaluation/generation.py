@@ -1,10 +1,10 @@
-"""Batched greedy generation of chat answers."""
+"""Greedy chat answers (texts and tokens) and the NLL a model gives answers."""
 
 from __future__ import annotations
 
 import torch
-from lensml.progress import progress as tqdm
 
+from lensml.evaluation.decoding import Generation, greedy
 from lensml.models import decoder_of, input_device
 from lensml.prefix import batch_for, hooked, past_kwargs, run_prefix, shareable, split
 from lensml.templating import length_sorted_batches, render, tokenize_rendered
@@ -20,37 +20,31 @@ def _prefix_for(model, ids: list[list[int]], share_prefix: bool, new_tokens: int
     return run_prefix(decoder_of(model), head, input_device(model))[0], tails
 
 
-@torch.no_grad()
+def generate(model, tokenizer, conversations: list[list[dict] | str], max_new_tokens: int = 64,
+             batch_size: int = 16, max_length: int = 512, system: str | None = None,
+             desc: str = "generate", share_prefix: bool = True) -> tuple[list[str], list[Generation]]:
+    """Greedy answers to user prompts (or whole conversations ending in a user turn): their texts,
+    and their tokens with log-probabilities (lensml.evaluation.decoding).
+
+    A batched answer is the answer the prompt would get alone (left padding, explicit positions).
+    """
+    ids = [tokenize_rendered(tokenizer, render(tokenizer, c, system), max_length) for c in conversations]
+    stops = _stop_ids(model, tokenizer)
+    out = greedy(model, ids, max_new_tokens, stops, tokenizer.pad_token_id, batch_size, share_prefix, desc)
+    texts = [decode_answer(tokenizer, g.ids, cut=not g.stopped and len(g.ids) >= max_new_tokens) for g in out]
+    return texts, out
+
+
 def generate_answers(model, tokenizer, conversations: list[list[dict] | str], max_new_tokens: int = 64,
                      batch_size: int = 16, max_length: int = 512, system: str | None = None,
                      desc: str = "generate", share_prefix: bool = True) -> list[str]:
-    """Greedy answers to user prompts (or whole conversations ending in a user turn).
-
-    Left padding with explicit positions, so a batched answer is the answer the
-    prompt would get alone; batches are length-sorted to waste little padding. The
-    prompts' common template prefix is computed once and given to generate as a
-    filled cache (the padding then sits between prefix and prompt, masked).
-    """
-    device = input_device(model)
-    ids = [tokenize_rendered(tokenizer, render(tokenizer, c, system), max_length) for c in conversations]
-    answers: list[str] = [""] * len(ids)
-    eos = _stop_ids(model, tokenizer)
-    pre, tails = _prefix_for(model, ids, share_prefix, max_new_tokens)
-    for idx in tqdm(length_sorted_batches([len(s) for s in tails], batch_size), desc=desc, leave=False):
-        batch, past = batch_for(pre, ids, tails, idx, tokenizer.pad_token_id)
-        batch = batch.to(device)
-        input_ids = batch.input_ids if pre is None else pre.full_ids(batch)  # generate wants the cached ids too
-        extra = past_kwargs(model, past)
-        out = model.generate(input_ids=input_ids, attention_mask=batch.attention_mask, do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-                             temperature=None, top_p=None, top_k=None, **extra)
-        for row, i in enumerate(idx):
-            answers[i] = decode_answer(tokenizer, out[row, input_ids.shape[1]:].tolist(), eos, max_new_tokens)
-    return answers
+    """The texts of generate()."""
+    return generate(model, tokenizer, conversations, max_new_tokens, batch_size, max_length, system, desc,
+                    share_prefix)[0]
 
 
-def decode_answer(tokenizer, ids: list[int], stop_ids: list[int], max_new_tokens: int) -> str:
-    """The text of generated ids; an answer cut at max_new_tokens loses a trailing partial character.
+def decode_answer(tokenizer, ids: list[int], cut: bool) -> str:
+    """The text of an answer's ids; an answer cut at the token limit loses a trailing partial character.
 
     A byte-level tokenizer can spend several tokens on one UTF-8 character (3 bytes for
     most Chinese characters); cut after the first of them, the answer would end in
@@ -58,10 +52,15 @@ def decode_answer(tokenizer, ids: list[int], stop_ids: list[int], max_new_tokens
     that stopped on its own keeps whatever the model wrote.
     """
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    cut = len(ids) >= max_new_tokens and not any(t in stop_ids for t in ids)
     if cut:
         text = text.rstrip("\ufffd")
     return text.strip()
+
+
+def own_nll(generations: list[Generation]) -> float:
+    """Mean per-token NLL of greedy answers under the model that wrote them (from their log-probabilities)."""
+    count = sum(len(g.logprobs) for g in generations)
+    return -sum(sum(g.logprobs) for g in generations) / max(count, 1)
 
 
 def _stop_ids(model, tokenizer) -> list[int]:
@@ -76,21 +75,27 @@ def _stop_ids(model, tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 16,
-               system: str | None = None, share_prefix: bool = True) -> float:
+def answer_nll(model, tokenizer, prompts: list[str], answers: list[str] | None = None, batch_size: int = 16,
+               system: str | None = None, share_prefix: bool = True,
+               answer_ids: list[list[int]] | None = None) -> float:
     """Mean per-token negative log-likelihood of answers given their prompts.
+
+    answer_ids (the tokens a model generated) replace the tokenised answer texts: a model's
+    answer is the ids it wrote, which re-tokenising the decoded text need not give back.
 
     Sequences are left-padded, so every answer ends its row and only the last
     (longest answer + 1) positions need logits; the prompts' common prefix runs once.
     """
     device = input_device(model)
     total, count = 0.0, 0
+    if answer_ids is None:
+        answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    scored = answer_ids
     prompt_ids, answer_ids = [], []
-    for p, a in zip(prompts, answers):
-        ans = tokenizer(a, add_special_tokens=False)["input_ids"]
+    for p, ans in zip(prompts, scored):
         if ans:
             prompt_ids.append(tokenize_rendered(tokenizer, render(tokenizer, p, system)))
-            answer_ids.append(ans)
+            answer_ids.append(list(ans))
     if not answer_ids:
         return 0.0
     longest = max(len(p) + len(a) for p, a in zip(prompt_ids, answer_ids))

@@ -16,7 +16,8 @@ import torch
 
 from lensml.evaluation.degeneration import degeneration
 from lensml.errors import LensError
-from lensml.evaluation.generation import answer_nll, generate_answers
+from lensml.evaluation.decoding import Generation
+from lensml.evaluation.generation import answer_nll, generate, own_nll
 from lensml.evaluation.metrics import share
 from lensml.langid import LanguageIdentifier
 from lensml.report import LanguageScores, QuickEval, Retention
@@ -31,7 +32,7 @@ class QuickEvalConfig:
     data: str = field(default="embedded:heldout", metadata={"help": "held-out prompts (same sources as --train-data)"})
     samples: int | None = field(default=None, metadata={"help": "prompts per language (default: all, 40 embedded)"})
     max_new_tokens: int = field(default=64, metadata={"help": "greedy tokens per answer"})
-    batch_size: int = field(default=40, metadata={"help": "prompts per generation batch"})
+    batch_size: int = field(default=80, metadata={"help": "prompts per generation batch (all languages together, length-sorted)"})
     langid: str = field(default="lingua", metadata={"help": "language identifier: lingua, cld3, glotlid"})
     glotlid_model: str | None = field(default=None, metadata={"help": "GlotLID fastText model file (with --langid glotlid)"})
     enabled: bool = field(default=True, metadata={"help": "run the quick before/after evaluation"})
@@ -48,9 +49,17 @@ class QuickEvalConfig:
         LanguageIdentifier(self.langid, self.glotlid_model)  # unknown identifiers fail now, not after training
 
 
-def answer_prompts(model, tokenizer, prompts: dict[str, list[str]], cfg: QuickEvalConfig, tag: str) -> dict[str, list[str]]:
-    return {lang: generate_answers(model, tokenizer, ps, cfg.max_new_tokens, cfg.batch_size, desc=f"{tag} {lang}")
-            for lang, ps in prompts.items()}
+def answer_prompts(model, tokenizer, prompts: dict[str, list[str]], cfg: QuickEvalConfig,
+                   tag: str) -> tuple[dict[str, list[str]], dict[str, list[Generation]]]:
+    """Every language's prompts in one greedy decode (length-sorted batches across languages: a
+    decode step's matrix products run faster on more rows); texts and tokens per language."""
+    flat = [p for ps in prompts.values() for p in ps]
+    texts, gens = generate(model, tokenizer, flat, cfg.max_new_tokens, cfg.batch_size, desc=f"{tag} answers")
+    out_texts, out_gens, at = {}, {}, 0
+    for lang, ps in prompts.items():
+        out_texts[lang], out_gens[lang] = texts[at:at + len(ps)], gens[at:at + len(ps)]
+        at += len(ps)
+    return out_texts, out_gens
 
 
 def score_answers(prompts: dict[str, list[str]], answers: dict[str, list[str]], ident: LanguageIdentifier) -> dict:
@@ -85,12 +94,16 @@ def score_answers(prompts: dict[str, list[str]], answers: dict[str, list[str]], 
 
 @dataclass
 class Answers:
-    """One model's answers to the held-out prompts, and the NLL it gives the base model's central answers."""
+    """One model's answers to the held-out prompts, and the NLL it gives the base model's central answers.
+
+    central_ids are the tokens of this model's central-language answers (what the base model
+    wrote is what the enhanced model is scored on)."""
 
     prompts: dict[str, list[str]]
     central: str
     answers: dict[str, list[str]]
     central_nll: float
+    central_ids: list[list[int]]
 
 
 def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg: QuickEvalConfig) -> str:
@@ -105,7 +118,8 @@ def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg:
         h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
     meta = {"template": getattr(tokenizer, "chat_template", None), "vocab": len(tokenizer), "prompts": prompts,
             "central": central, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-            "device": str(next(model.parameters()).device), "torch": torch.__version__}
+            "device": str(next(model.parameters()).device), "torch": torch.__version__,
+            "nll": "generated-ids"}
     from transformers import __version__ as transformers_version
     meta["transformers"] = transformers_version
     h.update(json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
@@ -113,7 +127,8 @@ def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg:
 
 
 def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg: QuickEvalConfig) -> Answers:
-    """The base model's answers; its NLL of its own central-language answers is the retention baseline."""
+    """The base model's answers; its NLL of its own central-language answers is the retention baseline,
+    read off the log-probabilities of the tokens it chose (no second pass)."""
     from lensml.io import write_json_atomic
     from lensml.models import cache_dir
 
@@ -122,15 +137,16 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
             log.info("base answers reused from %s (same weights, template, prompts and decoding)", path)
-            return Answers(prompts, central, doc["answers"], doc["central_nll"])
+            return Answers(prompts, central, doc["answers"], doc["central_nll"], doc["central_ids"])
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring unreadable base-answer cache %s (%s)", path, err)
-    answers = answer_prompts(model, tokenizer, prompts, cfg, "base")
-    result = Answers(prompts, central, answers, answer_nll(model, tokenizer, prompts[central], answers[central]))
+    answers, gens = answer_prompts(model, tokenizer, prompts, cfg, "base")
+    result = Answers(prompts, central, answers, own_nll(gens[central]), [g.ids for g in gens[central]])
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, {"answers": answers, "central_nll": result.central_nll})
+            write_json_atomic(path, {"answers": answers, "central_nll": result.central_nll,
+                                     "central_ids": result.central_ids})
         except OSError as err:  # a read-only cache costs time next run, not this run's result
             log.warning("could not cache the base answers at %s: %s", path, err)
     return result
@@ -139,15 +155,15 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
 def answer_after(model, tokenizer, before: Answers, cfg: QuickEvalConfig, nll=None) -> Answers:
     """The enhanced model's answers, and its NLL of the *base* model's central answers (same text, new model).
 
-    nll(model, tokenizer, prompts, answers) replaces the plain teacher-forced NLL for a method whose
+    nll(model, tokenizer, prompts, answer_ids) replaces the plain teacher-forced NLL for a method whose
     effect that forward cannot see (steering: lensml.methods.base.Method.answer_nll); None keeps it.
     """
-    answers = answer_prompts(model, tokenizer, before.prompts, cfg, "enhanced")
+    answers, gens = answer_prompts(model, tokenizer, before.prompts, cfg, "enhanced")
     c = before.central
-    value = nll(model, tokenizer, before.prompts[c], before.answers[c]) if nll is not None else None
+    value = nll(model, tokenizer, before.prompts[c], before.central_ids) if nll is not None else None
     if value is None:
-        value = answer_nll(model, tokenizer, before.prompts[c], before.answers[c])
-    return Answers(before.prompts, c, answers, value)
+        value = answer_nll(model, tokenizer, before.prompts[c], answer_ids=before.central_ids)
+    return Answers(before.prompts, c, answers, value, [g.ids for g in gens[c]])
 
 
 def compare(before: Answers, after: Answers, cfg: QuickEvalConfig) -> tuple[QuickEval, list[dict]]:

@@ -65,8 +65,8 @@ class Method(ABC):
         """Languages whose responses the training data must hold (checked before the model loads)."""
         return []
 
-    def answer_nll(self, model, tokenizer, prompts: list[str], answers: list[str]) -> float | None:
-        """The changed model's NLL of given answers, for methods whose effect a plain teacher-forced forward
+    def answer_nll(self, model, tokenizer, prompts: list[str], answer_ids: list[list[int]]) -> float | None:
+        """The changed model's NLL of given answer tokens, for methods whose effect a plain teacher-forced forward
         does not see (steering); None: the quick evaluation's own computation is right."""
         return None
 

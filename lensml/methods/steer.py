@@ -75,12 +75,12 @@ class SteerMethod(Method):
                            resolved={"steer": dataclasses.asdict(options), "measurement": measurement,
                                      "read_off_accuracy_train": read_off})
 
-    def answer_nll(self, model, tokenizer, prompts: list[str], answers: list[str]) -> float | None:
+    def answer_nll(self, model, tokenizer, prompts: list[str], answer_ids: list[list[int]]) -> float | None:
         """Steered as generation steers (every position from the prompt's last token on): the retention figure."""
         from lensml.steering_measure import answer_nll
         if self.handle is None or not self.handle.attached:
             raise LensError("the steer method has no hooks attached: call train first")
-        return answer_nll(model, tokenizer, prompts, answers, handle=self.handle)
+        return answer_nll(model, tokenizer, prompts, handle=self.handle, answer_ids=answer_ids)
 
     def save_pretrained(self, directory: Path) -> None:
         """OUT/steering: steering.json (settings and the strength measurement) + subspace/."""

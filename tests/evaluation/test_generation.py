@@ -51,36 +51,24 @@ def test_decode_answer_drops_a_partial_character_of_a_cut_answer(tiny):
     _, tok = tiny
     ids, whole = _cut_mid_character(tok)
     assert whole and CHINESE.startswith(whole)
-    assert decode_answer(tok, ids, [tok.eos_token_id], max_new_tokens=len(ids)) == whole
+    assert decode_answer(tok, ids, cut=True) == whole
     # an answer that stopped on its own keeps what the model wrote
-    stopped = decode_answer(tok, [*ids, tok.eos_token_id], [tok.eos_token_id], max_new_tokens=len(ids) + 5)
-    assert stopped.endswith("\ufffd")
+    assert decode_answer(tok, ids, cut=False).endswith("\ufffd")
     full = tok(CHINESE, add_special_tokens=False)["input_ids"]
-    assert decode_answer(tok, full, [tok.eos_token_id], max_new_tokens=len(full)) == CHINESE
+    assert decode_answer(tok, full, cut=True) == CHINESE
 
 
-class ScriptedGeneration:
-    """The tiny model, but generate() writes fixed ids after each prompt, cut at max_new_tokens."""
+def test_generate_marks_answers_cut_at_the_limit(tiny, monkeypatch):
+    """An answer that reaches max_new_tokens without a stop token is cut, and its text is trimmed."""
+    import lensml.evaluation.generation as generation
+    from lensml.evaluation.decoding import Generation
 
-    def __init__(self, model, new_ids):
-        self.model, self.new_ids = model, new_ids
-        self.generation_config = model.generation_config
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def generate(self, input_ids, max_new_tokens, **_):
-        new = torch.tensor(self.new_ids[:max_new_tokens]).expand(input_ids.shape[0], -1)
-        return torch.cat([input_ids, new], dim=1)
-
-
-def test_generate_answers_end_on_a_whole_character(tiny):
     model, tok = tiny
     ids, whole = _cut_mid_character(tok)
-    scripted = ScriptedGeneration(model, tok(CHINESE, add_special_tokens=False)["input_ids"])
-    answers = generate_answers(scripted, tok, ["Hi?", "说出两颗靠近太阳的行星。"], max_new_tokens=len(ids), batch_size=2,
-                               share_prefix=False)
-    assert answers == [whole, whole]
+    scripted = [Generation(list(ids), False, [0.0] * len(ids)), Generation(list(ids), True, [0.0] * len(ids))]
+    monkeypatch.setattr(generation, "greedy", lambda *a, **k: scripted)
+    texts, _ = generation.generate(model, tok, ["Hi?", "说出两颗靠近太阳的行星。"], max_new_tokens=len(ids))
+    assert texts[0] == whole and texts[1].endswith("\ufffd")
 
 
 def test_generate_answers_real_model_batched_like_alone(tiny):

@@ -65,18 +65,38 @@ def test_base_answers_are_reused_only_for_identical_weights_and_decoding(tiny_ll
     cfg = quick.QuickEvalConfig(max_new_tokens=4)
     first = quick.answer_before(model, tok, prompts, "en", cfg)
     calls = []
-    real = quick.generate_answers
-    monkeypatch.setattr(quick, "generate_answers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = quick.generate
+    monkeypatch.setattr(quick, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = quick.answer_before(model, tok, prompts, "en", cfg)
     assert calls == [] and again.answers == first.answers and again.central_nll == first.central_nll
+    assert again.central_ids == first.central_ids and len(first.central_ids) == 2
     # Any change to what the answers depend on is a miss: decoding, prompts, one weight.
     quick.answer_before(model, tok, prompts, "en", quick.QuickEvalConfig(max_new_tokens=5))
-    assert len(calls) == 2
+    assert len(calls) == 1  # all languages in one decode
     quick.answer_before(model, tok, {**prompts, "zh": prompts["zh"][:1]}, "en", cfg)
-    assert len(calls) == 4
+    assert len(calls) == 2
     with torch.no_grad():
         model.model.layers[3].mlp.down_proj.weight[0, 0] += 1e-3
     quick.answer_before(model, tok, prompts, "en", cfg)
-    assert len(calls) == 6
+    assert len(calls) == 3
     quick.answer_before(model, tok, prompts, "en", quick.QuickEvalConfig(max_new_tokens=4, reuse_base=False))
-    assert len(calls) == 8
+    assert len(calls) == 4
+
+
+def test_base_nll_from_its_own_tokens_equals_a_teacher_forced_pass(tiny_llama):
+    """The retention baseline comes from the log-probabilities of the base model's own greedy tokens;
+    the enhanced side scores those same tokens with a forward. On an unchanged model both agree."""
+    from lensml.evaluation import quick
+    from lensml.evaluation.generation import answer_nll, generate_answers
+    from lensml.models import ModelConfig, load_model
+
+    model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
+    prompts = {"en": ["Why do cats purr?", "What is a prime number?", "Hi"], "zh": ["猫为什么会发出呼噜声？", "什么是质数？"]}
+    cfg = quick.QuickEvalConfig(max_new_tokens=6, reuse_base=False, batch_size=3)
+    before = quick.answer_before(model, tok, prompts, "en", cfg)
+    for lang, ps in prompts.items():  # one decode for all languages = each language alone
+        assert before.answers[lang] == generate_answers(model, tok, ps, 6, batch_size=5)
+    teacher = answer_nll(model, tok, prompts["en"], answer_ids=before.central_ids)
+    assert before.central_nll == pytest.approx(teacher, rel=1e-5) and before.central_nll > 0
+    after = quick.answer_after(model, tok, before, cfg)
+    assert after.answers == before.answers and after.central_nll == pytest.approx(before.central_nll, rel=1e-5)

@@ -37,6 +37,24 @@ class Generation:
     ids: list[int]
     stopped: bool
     logprobs: list[float]
+    states: torch.Tensor | None = None  # with greedy(capture=layer): that layer's inputs at prompt + ids[:-1]
+
+
+class _Capture:
+    """The inputs of one decoder layer, forward by forward (what a later top-block pass starts from)."""
+
+    def __init__(self, model, layer: int):
+        self.seen: list[torch.Tensor] = []
+        self.handle = decoder_of(model).layers[layer].register_forward_pre_hook(self._grab, with_kwargs=True)
+
+    def _grab(self, _module, args, kwargs) -> None:
+        self.seen.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+    def take(self) -> torch.Tensor:
+        """The last forward's input (b, T, d)."""
+        x = self.seen[-1]
+        self.seen.clear()
+        return x
 
 
 def chunk_plan(lengths: list[int], overhead: int = CHUNK_OVERHEAD) -> list[list[int]]:
@@ -60,38 +78,53 @@ def chunk_plan(lengths: list[int], overhead: int = CHUNK_OVERHEAD) -> list[list[
 
 @torch.no_grad()
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int,
-           batch_size: int = 16, share_prefix: bool = True, desc: str = "generate") -> list[Generation]:
-    """Greedy answers to templated prompt ids, in order; batches are length-sorted."""
+           batch_size: int = 16, share_prefix: bool = True, desc: str = "generate",
+           capture: int | None = None) -> list[Generation]:
+    """Greedy answers to templated prompt ids, in order; batches are length-sorted.
+
+    capture=layer records that decoder layer's inputs for every position an answer's NLL reads
+    (Generation.states; not on the generate() path, where they stay None).
+    """
     longest = max((len(p) for p in prompts), default=0)
     if not prompts:
         return []
     if hooked(model) or not fits_window(model, longest + max_new_tokens):
         return _with_generate(model, prompts, max_new_tokens, stop_ids, pad_id, batch_size, desc)
-    pre, tails = None, prompts
-    if shareable(model, prompts, share_prefix, max_new_tokens):
-        head, tails = split(prompts)
-        pre = run_prefix(decoder_of(model), head, input_device(model))[0] if head else None
-        tails = tails if head else prompts
-    out: list[Generation | None] = [None] * len(prompts)
-    for idx in tqdm(length_sorted_batches([len(t) for t in tails], batch_size), desc=desc, leave=False):
-        for i, g in zip(idx, _decode(model, pre, [tails[i] for i in idx], max_new_tokens, stop_ids, pad_id)):
-            out[i] = g
+    cap = _Capture(model, capture) if capture is not None else None
+    try:
+        pre, tails, head_states = None, prompts, None
+        if shareable(model, prompts, share_prefix, max_new_tokens):
+            head, tails = split(prompts)
+            pre = run_prefix(decoder_of(model), head, input_device(model))[0] if head else None
+            tails = tails if head else prompts
+            head_states = cap.take()[0] if cap is not None and pre is not None else None
+        out: list[Generation | None] = [None] * len(prompts)
+        for idx in tqdm(length_sorted_batches([len(t) for t in tails], batch_size), desc=desc, leave=False):
+            gens = _decode(model, pre, [tails[i] for i in idx], max_new_tokens, stop_ids, pad_id, cap, head_states)
+            for i, g in zip(idx, gens):
+                out[i] = g
+    finally:
+        if cap is not None:
+            cap.handle.remove()
     return out
 
 
-def _decode(model, pre, tails: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int):
+def _decode(model, pre, tails: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int,
+            cap: _Capture | None = None, head_states: torch.Tensor | None = None):
     device = input_device(model)
-    cache, mask, filled = _prefilled(model, pre, tails, pad_id, max_new_tokens)
+    cache, mask, filled, prompt_states = _prefilled(model, pre, tails, pad_id, max_new_tokens, cap)
     rows = len(tails)
     cur = torch.tensor([t[-1] for t in tails], device=device)
     pos = torch.tensor([(len(pre) if pre is not None else 0) + len(t) - 1 for t in tails], device=device)
     stops = torch.tensor(stop_ids, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
-    tokens, logps = [], []
+    tokens, logps, steps = [], [], []
     for step in range(max_new_tokens):
         mask[:, filled + step] = 1
         logits = model(input_ids=cur[:, None], attention_mask=mask[:, :filled + step + 1], position_ids=pos[:, None],
                        use_cache=True, logits_to_keep=1, **past_kwargs(model, cache)).logits[:, -1].float()
+        if cap is not None:
+            steps.append(cap.take()[:, -1])
         nxt = logits.argmax(-1)  # generate()'s greedy choice: argmax over float32 logits
         logps.append(torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0])
         tokens.append(nxt)
@@ -99,7 +132,13 @@ def _decode(model, pre, tails: list[list[int]], max_new_tokens: int, stop_ids: l
         if bool(done.all()):
             break
         cur, pos = nxt, pos + 1
-    return _answers(torch.stack(tokens, 1).tolist(), torch.stack(logps, 1).tolist(), stop_ids)
+    gens = _answers(torch.stack(tokens, 1).tolist(), torch.stack(logps, 1).tolist(), stop_ids)
+    if cap is not None:
+        stepped = torch.stack(steps, 1)  # (rows, steps, d): inputs of the last prompt token and the answer
+        for r, g in enumerate(gens):
+            own = [prompt_states[r], stepped[r, :max(len(g.ids), 1)]]  # step 0 read the prompt's last token
+            g.states = torch.cat(([head_states] if head_states is not None else []) + own).cpu()
+    return gens
 
 
 def _answers(tokens: list[list[int]], logps: list[list[float]], stop_ids: list[int]) -> list[Generation]:
@@ -111,10 +150,11 @@ def _answers(tokens: list[list[int]], logps: list[list[float]], stop_ids: list[i
     return out
 
 
-def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: int):
+def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: int, cap: _Capture | None = None):
     """A cache holding the prefix and every prompt but its last token, left-padded to one width.
 
-    Returns (cache, attention mask with room for the new tokens, filled slots). Prompts run in
+    Returns (cache, attention mask with room for the new tokens, filled slots, each row's captured
+    layer inputs at those prompt tokens (None without cap)). Prompts run in
     chunks of similar length (chunk_plan); each chunk's keys and values, already rotated for
     their positions, are copied to the right end of their rows.
     """
@@ -125,6 +165,10 @@ def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: 
     rows, filled = len(tails), p + width
     keys: list[torch.Tensor] | None = None
     values: list[torch.Tensor] | None = None
+    states: list[torch.Tensor] | None = None
+    if cap is not None:
+        weight = model.get_input_embeddings().weight
+        states = [weight.new_zeros(0, weight.shape[1]) for _ in heads]
     if pre is not None:
         keys, values = _layer_tensors(pre.cache, rows, filled)
         for k, v, (pk, pv) in zip(keys, values, _kv(pre.cache)):
@@ -139,6 +183,10 @@ def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: 
         out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                       use_cache=True, **past_kwargs(decoder, past))
         got = output_cache(out)
+        if cap is not None:
+            x = cap.take()
+            for row, i in enumerate(chunk):
+                states[i] = x[row, x.shape[1] - len(heads[i]):]
         if keys is None:
             keys, values = _layer_tensors(got, rows, filled)
         sel = torch.tensor(chunk, device=device)
@@ -151,7 +199,7 @@ def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: 
     cache = _new_cache(model, filled + max_new_tokens)
     for layer, (k, v) in enumerate(zip(keys or [], values or [])):
         cache.update(k, v, layer)
-    return cache, mask, filled
+    return cache, mask, filled, states
 
 
 def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

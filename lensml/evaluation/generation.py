@@ -7,7 +7,7 @@ import torch
 from lensml.evaluation.decoding import Generation, greedy
 from lensml.models import decoder_of, input_device
 from lensml.prefix import batch_for, hooked, past_kwargs, run_prefix, shareable, split
-from lensml.templating import length_sorted_batches, render, tokenize_rendered
+from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
 
 
 def _prefix_for(model, ids: list[list[int]], share_prefix: bool, new_tokens: int = 0):
@@ -20,17 +20,21 @@ def _prefix_for(model, ids: list[list[int]], share_prefix: bool, new_tokens: int
     return run_prefix(decoder_of(model), head, input_device(model))[0], tails
 
 
+MAX_PROMPT_TOKENS = 512  # prompts are cut from the left to this many tokens
+
+
 def generate(model, tokenizer, conversations: list[list[dict] | str], max_new_tokens: int = 64,
-             batch_size: int = 16, max_length: int = 512, system: str | None = None,
-             desc: str = "generate", share_prefix: bool = True) -> tuple[list[str], list[Generation]]:
+             batch_size: int = 16, max_length: int = MAX_PROMPT_TOKENS, system: str | None = None,
+             desc: str = "generate", share_prefix: bool = True,
+             capture: int | None = None) -> tuple[list[str], list[Generation]]:
     """Greedy answers to user prompts (or whole conversations ending in a user turn): their texts,
-    and their tokens with log-probabilities (lensml.evaluation.decoding).
+    and their tokens with log-probabilities (lensml.evaluation.decoding; capture: see greedy).
 
     A batched answer is the answer the prompt would get alone (left padding, explicit positions).
     """
     ids = [tokenize_rendered(tokenizer, render(tokenizer, c, system), max_length) for c in conversations]
     stops = _stop_ids(model, tokenizer)
-    out = greedy(model, ids, max_new_tokens, stops, tokenizer.pad_token_id, batch_size, share_prefix, desc)
+    out = greedy(model, ids, max_new_tokens, stops, tokenizer.pad_token_id, batch_size, share_prefix, desc, capture)
     texts = [decode_answer(tokenizer, g.ids, cut=not g.stopped and len(g.ids) >= max_new_tokens) for g in out]
     return texts, out
 
@@ -114,3 +118,46 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str] | None =
             total -= logp[row, -n:].sum().item()
             count += n
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def answer_nll_from_states(model, start: int, prompt_ids: list[list[int]], answer_ids: list[list[int]],
+                           states: list[torch.Tensor], batch_size: int = 16) -> float | None:
+    """answer_nll of a model whose layers below `start` are those that captured `states`.
+
+    states[i] holds layer start's inputs at prompt_ids[i] + answer_ids[i][:-1] (Generation.states
+    of the base model's answers): when training left the lower layers as they were, only the
+    layers from start up and the LM head need to run, 2 of 30 layers for the default run.
+    None where the LM head is more than a linear map (logit soft-capping): use answer_nll.
+    """
+    from lensml.caching import TopBlock
+
+    config = getattr(model.config, "get_text_config", lambda: model.config)()
+    if getattr(config, "final_logit_softcapping", None):
+        return None
+    device = input_device(model)
+    rows = [i for i, a in enumerate(answer_ids) if a]
+    if not rows:
+        return 0.0
+    block = TopBlock(model, start)
+    block.full(pad([prompt_ids[rows[0]][:2]], 0).to(device))  # learns how the layers return their states
+    seqs = {i: list(prompt_ids[i]) + list(answer_ids[i][:-1]) for i in rows}
+    total, count = 0.0, 0
+    for part in length_sorted_batches([len(seqs[i]) for i in rows], batch_size):
+        idx = [rows[k] for k in part]
+        batch = pad([seqs[i] for i in idx], 0).to(device)
+        width = batch.input_ids.shape[1]
+        hidden = states[idx[0]].new_zeros(len(idx), width, states[idx[0]].shape[-1])
+        for row, i in enumerate(idx):
+            if states[i].shape[0] != len(seqs[i]):
+                raise ValueError(f"answer {i}: {states[i].shape[0]} captured states for {len(seqs[i])} positions")
+            hidden[row, width - len(seqs[i]):] = states[i]
+        final = block.forward(batch, hidden.to(device))
+        keep = max(len(answer_ids[i]) for i in idx)
+        logp = torch.log_softmax(model.get_output_embeddings()(final[:, width - keep:]).float(), -1)
+        for row, i in enumerate(idx):
+            n = len(answer_ids[i])
+            target = torch.tensor(answer_ids[i], device=device)
+            total -= logp[row, keep - n:].gather(-1, target[:, None]).sum().item()
+            count += n
+    return total / count

@@ -17,10 +17,11 @@ import torch
 from lensml.evaluation.degeneration import degeneration
 from lensml.errors import LensError
 from lensml.evaluation.decoding import Generation
-from lensml.evaluation.generation import answer_nll, generate, own_nll
+from lensml.evaluation.generation import MAX_PROMPT_TOKENS, answer_nll, answer_nll_from_states, generate, own_nll
 from lensml.evaluation.metrics import share
 from lensml.langid import LanguageIdentifier
 from lensml.report import LanguageScores, QuickEval, Retention
+from lensml.templating import encode_prompts
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,13 @@ class QuickEvalConfig:
         LanguageIdentifier(self.langid, self.glotlid_model)  # unknown identifiers fail now, not after training
 
 
-def answer_prompts(model, tokenizer, prompts: dict[str, list[str]], cfg: QuickEvalConfig,
-                   tag: str) -> tuple[dict[str, list[str]], dict[str, list[Generation]]]:
+def answer_prompts(model, tokenizer, prompts: dict[str, list[str]], cfg: QuickEvalConfig, tag: str,
+                   capture: int | None = None) -> tuple[dict[str, list[str]], dict[str, list[Generation]]]:
     """Every language's prompts in one greedy decode (length-sorted batches across languages: a
     decode step's matrix products run faster on more rows); texts and tokens per language."""
     flat = [p for ps in prompts.values() for p in ps]
-    texts, gens = generate(model, tokenizer, flat, cfg.max_new_tokens, cfg.batch_size, desc=f"{tag} answers")
+    texts, gens = generate(model, tokenizer, flat, cfg.max_new_tokens, cfg.batch_size, desc=f"{tag} answers",
+                           capture=capture)
     out_texts, out_gens, at = {}, {}, 0
     for lang, ps in prompts.items():
         out_texts[lang], out_gens[lang] = texts[at:at + len(ps)], gens[at:at + len(ps)]
@@ -97,13 +99,54 @@ class Answers:
     """One model's answers to the held-out prompts, and the NLL it gives the base model's central answers.
 
     central_ids are the tokens of this model's central-language answers (what the base model
-    wrote is what the enhanced model is scored on)."""
+    wrote is what the enhanced model is scored on). With a start layer, central_states hold that
+    layer's inputs along them and lower the digest of the weights below it, so that a model
+    trained only from `start` up scores them with its top layers alone."""
 
     prompts: dict[str, list[str]]
     central: str
     answers: dict[str, list[str]]
     central_nll: float
     central_ids: list[list[int]]
+    start: int | None = None
+    central_states: list[torch.Tensor] | None = None
+    lower: str | None = None
+
+
+def lower_digest(model, start: int) -> str:
+    """sha256 of the embeddings and the decoder layers below `start`: what a layer-start input depends on."""
+    from lensml.models import decoder_of
+
+    decoder = decoder_of(model)
+    h = hashlib.sha256()
+    for module in [decoder.get_input_embeddings(), *list(decoder.layers)[:start]]:
+        for name, t in module.state_dict().items():
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _save_states(path, answers: Answers) -> None:
+    from safetensors.torch import save_file
+
+    lengths = torch.tensor([s.shape[0] for s in answers.central_states])
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"states": torch.cat(answers.central_states).contiguous(), "lengths": lengths}, str(tmp),
+              metadata={"lower": answers.lower, "start": str(answers.start)})
+    tmp.replace(path)
+
+
+def _load_states(path, start: int) -> tuple[list[torch.Tensor], str] | None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("start") != str(start):
+            return None
+        states, lengths = f.get_tensor("states"), f.get_tensor("lengths").tolist()
+    return list(torch.split(states, lengths)), meta["lower"]
 
 
 def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg: QuickEvalConfig) -> str:
@@ -126,27 +169,41 @@ def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg:
     return h.hexdigest()[:32]
 
 
-def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg: QuickEvalConfig) -> Answers:
+def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg: QuickEvalConfig,
+                  start: int | None = None) -> Answers:
     """The base model's answers; its NLL of its own central-language answers is the retention baseline,
-    read off the log-probabilities of the tokens it chose (no second pass)."""
+    read off the log-probabilities of the tokens it chose (no second pass).
+
+    start: the first layer training may change; the inputs of that layer along the central answers
+    are kept (and cached with the answers) for answer_after.
+    """
     from lensml.io import write_json_atomic
     from lensml.models import cache_dir
 
     path = cache_dir() / "answers" / f"{base_key(model, tokenizer, prompts, central, cfg)}.json" if cfg.reuse_base else None
+    states_path = path.with_name(f"{path.stem}.L{start}.safetensors") if path is not None and start is not None else None
     if path is not None and path.is_file():
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+            kept = _load_states(states_path, start) if states_path is not None else None
             log.info("base answers reused from %s (same weights, template, prompts and decoding)", path)
-            return Answers(prompts, central, doc["answers"], doc["central_nll"], doc["central_ids"])
+            return Answers(prompts, central, doc["answers"], doc["central_nll"], doc["central_ids"], start,
+                           *(kept or (None, None)))
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring unreadable base-answer cache %s (%s)", path, err)
-    answers, gens = answer_prompts(model, tokenizer, prompts, cfg, "base")
-    result = Answers(prompts, central, answers, own_nll(gens[central]), [g.ids for g in gens[central]])
+    answers, gens = answer_prompts(model, tokenizer, prompts, cfg, "base", capture=start)
+    states = [g.states for g in gens[central]] if start is not None else None
+    if states is not None and any(s is None for s in states):
+        states = None  # the generate() path (hooked models) records none
+    result = Answers(prompts, central, answers, own_nll(gens[central]), [g.ids for g in gens[central]], start,
+                     states, lower_digest(model, start) if states is not None else None)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, {"answers": answers, "central_nll": result.central_nll,
                                      "central_ids": result.central_ids})
+            if states is not None:
+                _save_states(states_path, result)
         except OSError as err:  # a read-only cache costs time next run, not this run's result
             log.warning("could not cache the base answers at %s: %s", path, err)
     return result
@@ -161,6 +218,9 @@ def answer_after(model, tokenizer, before: Answers, cfg: QuickEvalConfig, nll=No
     answers, gens = answer_prompts(model, tokenizer, before.prompts, cfg, "enhanced")
     c = before.central
     value = nll(model, tokenizer, before.prompts[c], before.central_ids) if nll is not None else None
+    if value is None and before.central_states is not None and lower_digest(model, before.start) == before.lower:
+        prompt_ids = encode_prompts(tokenizer, before.prompts[c], MAX_PROMPT_TOKENS)
+        value = answer_nll_from_states(model, before.start, prompt_ids, before.central_ids, before.central_states)
     if value is None:
         value = answer_nll(model, tokenizer, before.prompts[c], answer_ids=before.central_ids)
     return Answers(before.prompts, c, answers, value, [g.ids for g in gens[c]])

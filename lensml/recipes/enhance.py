@@ -17,7 +17,7 @@ from lensml.evaluation import quick
 from lensml.io import write_json_atomic, write_jsonl_atomic
 from lensml.models import load_model
 from lensml.plotting import plot_run
-from lensml.caching import empty_cache
+from lensml.caching import TopBlock, empty_cache
 from lensml.card import check_push, push, write_model_card
 from lensml.probing import probe, shares_prompts
 from lensml.recipes.stages import (Stages, check_output, load_inputs, method_inputs, output_dir, response_languages,
@@ -59,7 +59,8 @@ def run(cfg: RunConfig) -> RunReport | None:
                     subspace.save_pretrained(tmp / "subspace")
         if do_eval:
             with stages("eval_base"):
-                before = quick.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval)
+                start = TopBlock(model, cfg.train.start_layer).start if method.changes_weights else None
+                before = quick.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval, start)
         bench = {}
         if do_bench:
             with stages("benchmarks_base"):

@@ -110,3 +110,45 @@ def test_prefill_chunks_and_padding_do_not_leak(tiny_llama):
     together = greedy(model, prompts, 6, [tok.eos_token_id], tok.pad_token_id, 4)
     alone = [greedy(model, [p], 6, [tok.eos_token_id], tok.pad_token_id, 1)[0] for p in prompts]
     assert [g.ids for g in together] == [g.ids for g in alone]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_captured_states_are_the_layer_inputs_of_a_whole_forward(arch, share):
+    """Generation.states = layer `start`'s inputs at prompt + answer[:-1], as one unpadded forward computes them."""
+    from lensml.caching import TopBlock
+    from lensml.templating import pad
+
+    model, tok = arch
+    prompts = encode_prompts(tok, PROMPTS)
+    stops = _stops_midway(model, tok, prompts, 8)
+    got = greedy(model, prompts, 8, stops, tok.pad_token_id, 4, share_prefix=share, capture=2)
+    assert any(g.stopped for g in got)
+    block = TopBlock(model, 2)
+    for ids, g in zip(prompts, got):
+        seq = ids + g.ids[:-1]
+        h_in, _ = block.full(pad([seq], tok.pad_token_id))
+        assert g.states.shape == (len(seq), h_in.shape[-1])
+        torch.testing.assert_close(g.states, h_in[0], rtol=1e-4, atol=1e-5)
+    assert decoding.decoder_of(model).layers[2]._forward_pre_hooks == {}  # the capture hook is gone
+
+
+def test_nll_from_captured_states_equals_a_full_forward_when_only_top_layers_changed(arch):
+    model, tok = arch
+    prompts = encode_prompts(tok, PROMPTS)
+    got = greedy(model, prompts, 8, [tok.eos_token_id], tok.pad_token_id, 6, capture=2)
+    ids, states = [g.ids for g in got], [g.states for g in got]
+    from lensml.evaluation.generation import answer_nll_from_states
+
+    base = answer_nll(model, tok, PROMPTS, answer_ids=ids)
+    assert answer_nll_from_states(model, 2, prompts, ids, states, batch_size=4) == pytest.approx(base, rel=1e-5)
+    layers = model.get_decoder().layers
+    saved = {k: v.clone() for k, v in layers[3].state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in layers[3].parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        changed = answer_nll(model, tok, PROMPTS, answer_ids=ids)
+        assert abs(changed / base - 1) > 1e-3  # the change is visible to the NLL
+        assert answer_nll_from_states(model, 2, prompts, ids, states, batch_size=4) == pytest.approx(changed, rel=1e-5)
+    finally:
+        layers[3].load_state_dict(saved)

@@ -100,3 +100,34 @@ def test_base_nll_from_its_own_tokens_equals_a_teacher_forced_pass(tiny_llama):
     assert before.central_nll == pytest.approx(teacher, rel=1e-5) and before.central_nll > 0
     after = quick.answer_after(model, tok, before, cfg)
     assert after.answers == before.answers and after.central_nll == pytest.approx(before.central_nll, rel=1e-5)
+
+
+def test_enhanced_nll_runs_the_top_layers_only_while_the_lower_ones_are_unchanged(tiny_llama, monkeypatch):
+    import torch
+
+    from lensml.evaluation import quick
+    from lensml.models import ModelConfig, load_model
+
+    model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
+    prompts = {"en": ["Why do cats purr?", "What is a prime number?", "Hi"], "zh": ["猫为什么会发出呼噜声？"]}
+    cfg = quick.QuickEvalConfig(max_new_tokens=6)
+    before = quick.answer_before(model, tok, prompts, "en", cfg, start=2)
+    assert before.lower == quick.lower_digest(model, 2) and len(before.central_states) == 3
+    again = quick.answer_before(model, tok, prompts, "en", cfg, start=2)  # from the cache, states too
+    assert again.lower == before.lower
+    for a, b in zip(again.central_states, before.central_states):
+        assert torch.equal(a, b)
+    used = []
+    real = quick.answer_nll_from_states
+    monkeypatch.setattr(quick, "answer_nll_from_states", lambda *a, **k: used.append(1) or real(*a, **k))
+    layers = model.model.layers
+    with torch.no_grad():
+        layers[3].mlp.down_proj.weight.add_(0.05)  # a trained top layer
+    full = quick.answer_nll(model, tok, prompts["en"], answer_ids=before.central_ids)
+    after = quick.answer_after(model, tok, before, cfg)
+    assert used == [1] and after.central_nll == pytest.approx(full, rel=1e-5) and full != before.central_nll
+    with torch.no_grad():
+        layers[0].mlp.down_proj.weight.add_(0.05)  # a lower layer changed too: its states no longer hold
+    full = quick.answer_nll(model, tok, prompts["en"], answer_ids=before.central_ids)
+    after = quick.answer_after(model, tok, before, cfg)
+    assert used == [1] and after.central_nll == pytest.approx(full, rel=1e-5)

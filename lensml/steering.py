@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,20 @@ from lensml.subspace import LanguageSubspace
 from lensml.templating import last_token_index
 
 log = logging.getLogger(__name__)
+
+_ATTACHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder -> its SteeringHandles
+
+
+def steering_only(model) -> list["SteeringHandle"] | None:
+    """The steering handles on model when they are all its hooks ([] for none); None when other hooks
+    are on it too (whose needs nobody knows: they get whole prompts, lensml.prefix.hooked)."""
+    decoder = decoder_of(model)
+    handles = list(_ATTACHED.get(decoder, []))
+    ours = set().union(*(h.hook_ids for h in handles)) if handles else set()
+    modules = [model, decoder, *decoder.layers, getattr(decoder, "norm", None)]
+    present = {i for m in modules if m is not None for i in (*m._forward_hooks, *m._forward_pre_hooks)}
+    return handles if present <= ours else None
+
 
 SETTINGS = "steering.json"
 FORMAT = "lensml-steering"
@@ -97,6 +112,7 @@ class SteeringHandle:
         self.steering, self.start, self.read = steering, start, read
         self.languages: list[str] | None = None
         self._starts: torch.Tensor | None = None
+        self._paused = False
         self._cache: dict = {}
         decoder = decoder_of(model)
         n = len(decoder.layers)
@@ -104,11 +120,34 @@ class SteeringHandle:
         self._hooks = [decoder.register_forward_pre_hook(self._begin, with_kwargs=True)]
         self._hooks += [modules[e].register_forward_hook(self._hook(e)) for e in sorted(modules)
                         if e == read or e >= start]
+        _ATTACHED.setdefault(decoder, []).append(self)
+        self._decoder = decoder
 
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        attached = _ATTACHED.get(self._decoder, [])
+        if self in attached:
+            attached.remove(self)
+
+    @property
+    def hook_ids(self) -> set[int]:
+        return {h.id for h in self._hooks}
+
+    @contextmanager
+    def paused(self):
+        """Forwards inside see no steering and read nothing off: a decoder that prefills all but each
+        prompt's last token (lensml.evaluation.decoding) steers as generate() does, from that token on."""
+        self._paused = True
+        try:
+            yield self
+        finally:
+            self._paused = False
+
+    def restart(self) -> None:
+        """The next forward starts a new call: its languages are read off (or set) afresh."""
+        self.languages = None
 
     def __enter__(self) -> "SteeringHandle":
         return self
@@ -132,6 +171,8 @@ class SteeringHandle:
 
     def _begin(self, _module, args, kwargs) -> None:
         """Decoder pre-hook: which positions this forward steers, and whether it starts a new call."""
+        if self._paused:
+            return
         x = kwargs.get("input_ids", args[0] if args else None)
         x = x if x is not None else kwargs["inputs_embeds"]
         b, t = x.shape[:2]
@@ -159,6 +200,8 @@ class SteeringHandle:
 
     def _hook(self, entry: int):
         def hook(_module, _args, output):
+            if self._paused:
+                return None
             h = output[0] if isinstance(output, tuple) else output
             if entry == self.read and self.languages is None:
                 rows = torch.arange(h.shape[0], device=h.device)

@@ -275,3 +275,27 @@ def test_choose_strength_and_read_off_accuracy_report_what_they_measured(tiny):
         read_off_accuracy(model, tok, Steering(sub, SteerConfig(strength=1.0)), {"ja": ["x"]})
     with pytest.raises(LensError, match="at least one target language"):
         choose_strength(model, tok, sub, {"en": SENTENCES["en"]}, cfg)
+
+
+@pytest.mark.parametrize("lang", [None, "zh"])
+def test_the_evaluation_decoder_steers_as_generate_does(tiny, lang):
+    """Steering paused during the chunked prefill, read off and added from each prompt's last token on:
+    the same tokens and log-probabilities as generate() with the hooks on whole prompts."""
+    from lensml.evaluation import decoding
+    from lensml.steering import steering_only
+
+    model, tok, _, sub = tiny
+    prompts = encode_prompts(tok, [SENTENCES["zh"][1], SENTENCES["sw"][4] + " " + SENTENCES["sw"][5],
+                                   SENTENCES["en"][2], SENTENCES["sw"][0]])
+    plain = decoding.greedy(model, prompts, 6, [tok.eos_token_id], tok.pad_token_id, 4)
+    with Steering(sub, SteerConfig(strength=3.0, lang=lang)).attach(model) as handle:
+        assert steering_only(model) == [handle]
+        fast = decoding.greedy(model, prompts, 6, [tok.eos_token_id], tok.pad_token_id, 2)
+        slow = decoding._with_generate(model, prompts, 6, [tok.eos_token_id], tok.pad_token_id, 3, "generate")
+        other = decoder_of(model).layers[0].register_forward_hook(lambda *_: None)
+        assert steering_only(model) is None  # a hook of unknown needs: whole prompts, generate()
+        other.remove()
+    assert steering_only(model) == []
+    assert [g.ids for g in fast] == [g.ids for g in slow] != [g.ids for g in plain]
+    for f, s in zip(fast, slow):
+        assert f.logprobs == pytest.approx(s.logprobs, abs=1e-4)

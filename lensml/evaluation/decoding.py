@@ -10,19 +10,21 @@
 - it gives no log-probabilities; here each chosen token's comes with it, so the NLL of a
   model's own answers costs no second pass.
 The answers are the ones `generate()` gives: the same argmax over float32 logits, the same
-stop and padding rules (tests compare ids). Models with forward hooks (steering) and
-sequences longer than a sliding window keep `generate()`.
+stop and padding rules (tests compare ids). Steering hooks are paused while prompts are
+prefilled, so they steer from each prompt's last token on, as under `generate()`; other
+forward hooks and sequences longer than a sliding window keep `generate()`.
 """
 
 from __future__ import annotations
 
 import functools
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from lensml.models import decoder_of, input_device
-from lensml.prefix import fits_window, hooked, output_cache, past_kwargs, run_prefix, shareable, split
+from lensml.prefix import fits_window, output_cache, past_kwargs, run_prefix, shareable, split
 from lensml.progress import progress as tqdm
 from lensml.templating import length_sorted_batches, pad
 
@@ -85,22 +87,27 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     capture=layer records that decoder layer's inputs for every position an answer's NLL reads
     (Generation.states; not on the generate() path, where they stay None).
     """
+    from lensml.steering import steering_only
+
     longest = max((len(p) for p in prompts), default=0)
     if not prompts:
         return []
-    if hooked(model) or not fits_window(model, longest + max_new_tokens):
+    steering = steering_only(model)
+    if steering is None or not fits_window(model, longest + max_new_tokens):
         return _with_generate(model, prompts, max_new_tokens, stop_ids, pad_id, batch_size, desc)
     cap = _Capture(model, capture) if capture is not None else None
     try:
         pre, tails, head_states = None, prompts, None
         if shareable(model, prompts, share_prefix, max_new_tokens):
             head, tails = split(prompts)
-            pre = run_prefix(decoder_of(model), head, input_device(model))[0] if head else None
+            with _paused(steering):
+                pre = run_prefix(decoder_of(model), head, input_device(model))[0] if head else None
             tails = tails if head else prompts
             head_states = cap.take()[0] if cap is not None and pre is not None else None
         out: list[Generation | None] = [None] * len(prompts)
         for idx in tqdm(length_sorted_batches([len(t) for t in tails], batch_size), desc=desc, leave=False):
-            gens = _decode(model, pre, [tails[i] for i in idx], max_new_tokens, stop_ids, pad_id, cap, head_states)
+            gens = _decode(model, pre, [tails[i] for i in idx], max_new_tokens, stop_ids, pad_id, cap, head_states,
+                           steering)
             for i, g in zip(idx, gens):
                 out[i] = g
     finally:
@@ -109,10 +116,23 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     return out
 
 
+@contextmanager
+def _paused(handles):
+    """Steering hooks off for a prefill: generate() steers a prompt from its last token on, which here
+    is the first decode step's input."""
+    with ExitStack() as stack:
+        for h in handles:
+            stack.enter_context(h.paused())
+        yield
+
+
 def _decode(model, pre, tails: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int,
-            cap: _Capture | None = None, head_states: torch.Tensor | None = None):
+            cap: _Capture | None = None, head_states: torch.Tensor | None = None, steering=()):
     device = input_device(model)
-    cache, mask, filled, prompt_states = _prefilled(model, pre, tails, pad_id, max_new_tokens, cap)
+    with _paused(steering):
+        cache, mask, filled, prompt_states = _prefilled(model, pre, tails, pad_id, max_new_tokens, cap)
+    for h in steering:
+        h.restart()  # the languages of this batch are read off its prompts' last tokens at step 0
     rows = len(tails)
     cur = torch.tensor([t[-1] for t in tails], device=device)
     pos = torch.tensor([(len(pre) if pre is not None else 0) + len(t) - 1 for t in tails], device=device)

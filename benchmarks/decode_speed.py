@@ -1,0 +1,94 @@
+"""The quick evaluation's decode: transformers' generate() against lensml's evaluation decoder
+(lensml.evaluation.decoding: prefill in chunks of similar length, static cache, log-probabilities).
+
+Answers the 80 embedded held-out prompts (zh + en) greedily with both and prints one JSON line: seconds
+for each, their ratio, and how many answers are token for token the same. A real checkpoint with
+--model, else random weights of a named shape (what the GPU machine, which has no Hub, can run).
+
+    python benchmarks/decode_speed.py --device cpu --model ~/.cache/lensml/models/smollm2-...
+    python benchmarks/decode_speed.py --device cuda --shape 1b --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from lensml.data.loaders import load_texts  # noqa: E402
+from lensml.evaluation import decoding  # noqa: E402
+from lensml.evaluation.generation import _stop_ids  # noqa: E402
+from lensml.models import ModelConfig, load_tokenizer  # noqa: E402
+from lensml.templating import encode_prompts  # noqa: E402
+
+SHAPES = {"tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2),
+          "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, tie_word_embeddings=True),
+          "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8),
+          "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8)}
+
+
+def _model(args, tok, device, dtype):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    if args.model:
+        return AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
+    cfg = LlamaConfig(**SHAPES[args.shape], vocab_size=len(tok), max_position_embeddings=4096, rms_norm_eps=1e-5,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        return LlamaForCausalLM._from_config(cfg, dtype=dtype).eval()
+
+
+def _timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=None, help="a local checkpoint (else random weights of --shape)")
+    ap.add_argument("--tokenizer", default=".bench_tok")
+    ap.add_argument("--shape", choices=list(SHAPES), default="smollm2")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=80)
+    args = ap.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    tok = load_tokenizer(args.model or args.tokenizer, ModelConfig())
+    model = _model(args, tok, device, dtype)
+    texts = load_texts("embedded:heldout", ["zh", "en"])
+    prompts = encode_prompts(tok, texts["zh"] + texts["en"], 512)
+    stops, pad_id = _stop_ids(model, tok), tok.pad_token_id
+    decoding.greedy(model, prompts[:2], 2, stops, pad_id, 2)  # warm-up (CUDA context, kernels)
+    ref, t_generate = _timed(lambda: decoding._with_generate(model, prompts, args.max_new_tokens, stops, pad_id,
+                                                             args.batch_size, "generate"), device)
+    got, t_lensml = _timed(lambda: decoding.greedy(model, prompts, args.max_new_tokens, stops, pad_id,
+                                                   args.batch_size), device)
+    same = sum(a.ids == b.ids for a, b in zip(ref, got))
+    tokens = sum(len(g.ids) for g in got)
+    print(json.dumps({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                      "model": args.model or args.shape, "dtype": args.dtype, "prompts": len(prompts),
+                      "new_tokens": tokens, "generate_s": round(t_generate, 2), "lensml_s": round(t_lensml, 2),
+                      "speedup": round(t_generate / t_lensml, 2), "same_answers": same,
+                      "peak_device_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                      if device.type == "cuda" else None}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

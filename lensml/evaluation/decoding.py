@@ -157,7 +157,7 @@ def _decode(model, pre, tails: list[list[int]], max_new_tokens: int, stop_ids: l
         stepped = torch.stack(steps, 1)  # (rows, steps, d): inputs of the last prompt token and the answer
         for r, g in enumerate(gens):
             own = [prompt_states[r], stepped[r, :max(len(g.ids), 1)]]  # step 0 read the prompt's last token
-            g.states = torch.cat(([head_states] if head_states is not None else []) + own).cpu()
+            g.states = torch.cat([x.cpu() for x in ([head_states] if head_states is not None else []) + own])
     return gens
 
 
@@ -211,7 +211,8 @@ def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: 
             keys, values = _layer_tensors(got, rows, filled)
         sel = torch.tensor(chunk, device=device)
         for k, v, (ck, cv) in zip(keys, values, _kv(got)):
-            k[sel, :, filled - w:], v[sel, :, filled - w:] = ck[:, :, -w:], cv[:, :, -w:]
+            at = sel.to(k.device)  # under a device_map each layer's cache lives on that layer's device
+            k[at, :, filled - w:], v[at, :, filled - w:] = ck[:, :, -w:], cv[:, :, -w:]
     mask = torch.zeros(rows, filled + max_new_tokens, dtype=torch.long, device=device)
     mask[:, :p] = 1
     for r, h in enumerate(heads):

@@ -146,8 +146,13 @@ def output_cache(out):
 
 def hooked(model) -> bool:
     """Does anything hook the decoder or its layers? Such hooks (steering) must see whole prompts."""
+    return bool(hook_ids(model))
+
+
+def hook_ids(model) -> set[int]:
+    """The ids of the forward and pre-forward hooks on the model, its decoder, layers and final norm."""
     from lensml.models import decoder_of
 
     decoder = decoder_of(model)
     modules = [model, decoder, *decoder.layers, getattr(decoder, "norm", None)]
-    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)
+    return {i for m in modules if m is not None for i in (*m._forward_hooks, *m._forward_pre_hooks)}

@@ -50,12 +50,11 @@ _ATTACHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # decoder 
 def steering_only(model) -> list["SteeringHandle"] | None:
     """The steering handles on model when they are all its hooks ([] for none); None when other hooks
     are on it too (whose needs nobody knows: they get whole prompts, lensml.prefix.hooked)."""
-    decoder = decoder_of(model)
-    handles = list(_ATTACHED.get(decoder, []))
+    from lensml.prefix import hook_ids
+
+    handles = list(_ATTACHED.get(decoder_of(model), []))
     ours = set().union(*(h.hook_ids for h in handles)) if handles else set()
-    modules = [model, decoder, *decoder.layers, getattr(decoder, "norm", None)]
-    present = {i for m in modules if m is not None for i in (*m._forward_hooks, *m._forward_pre_hooks)}
-    return handles if present <= ours else None
+    return handles if hook_ids(model) <= ours else None
 
 
 SETTINGS = "steering.json"

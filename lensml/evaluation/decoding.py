@@ -42,23 +42,6 @@ class Generation:
     states: torch.Tensor | None = None  # with greedy(capture=layer): that layer's inputs at prompt + ids[:-1]
 
 
-class _Capture:
-    """The inputs of one decoder layer, forward by forward (what a later top-block pass starts from)."""
-
-    def __init__(self, model, layer: int):
-        self.seen: list[torch.Tensor] = []
-        self.handle = decoder_of(model).layers[layer].register_forward_pre_hook(self._grab, with_kwargs=True)
-
-    def _grab(self, _module, args, kwargs) -> None:
-        self.seen.append((args[0] if args else kwargs["hidden_states"]).detach())
-
-    def take(self) -> torch.Tensor:
-        """The last forward's input (b, T, d)."""
-        x = self.seen[-1]
-        self.seen.clear()
-        return x
-
-
 def chunk_plan(lengths: list[int], overhead: int = CHUNK_OVERHEAD) -> list[list[int]]:
     """Indices grouped into prefill chunks: minimal padded tokens + overhead per chunk (exact DP
     over the length-sorted order, where an optimal grouping is contiguous)."""
@@ -87,32 +70,30 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     capture=layer records that decoder layer's inputs for every position an answer's NLL reads
     (Generation.states; not on the generate() path, where they stay None).
     """
+    from lensml.caching import TopBlock
     from lensml.steering import steering_only
 
-    longest = max((len(p) for p in prompts), default=0)
     if not prompts:
         return []
     steering = steering_only(model)
-    if steering is None or not fits_window(model, longest + max_new_tokens):
+    if steering is None or not fits_window(model, max(len(p) for p in prompts) + max_new_tokens):
         return _with_generate(model, prompts, max_new_tokens, stop_ids, pad_id, batch_size, desc)
-    cap = _Capture(model, capture) if capture is not None else None
-    try:
+    with ExitStack() as stack:
+        # cap["h"]: the captured layer's input in the latest forward (TopBlock.capturing)
+        cap = stack.enter_context(TopBlock(model, capture).capturing()) if capture is not None else None
         pre, tails, head_states = None, prompts, None
         if shareable(model, prompts, share_prefix, max_new_tokens):
             head, tails = split(prompts)
-            with _paused(steering):
-                pre = run_prefix(decoder_of(model), head, input_device(model))[0] if head else None
-            tails = tails if head else prompts
-            head_states = cap.take()[0] if cap is not None and pre is not None else None
+            if head:
+                with _paused(steering):
+                    pre = run_prefix(decoder_of(model), head, input_device(model))[0]
+                head_states = cap["h"][0] if cap is not None else None
         out: list[Generation | None] = [None] * len(prompts)
         for idx in tqdm(length_sorted_batches([len(t) for t in tails], batch_size), desc=desc, leave=False):
             gens = _decode(model, pre, [tails[i] for i in idx], max_new_tokens, stop_ids, pad_id, cap, head_states,
                            steering)
             for i, g in zip(idx, gens):
                 out[i] = g
-    finally:
-        if cap is not None:
-            cap.handle.remove()
     return out
 
 
@@ -127,7 +108,7 @@ def _paused(handles):
 
 
 def _decode(model, pre, tails: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int,
-            cap: _Capture | None = None, head_states: torch.Tensor | None = None, steering=()):
+            cap: dict | None = None, head_states: torch.Tensor | None = None, steering=()):
     device = input_device(model)
     with _paused(steering):
         cache, mask, filled, prompt_states = _prefilled(model, pre, tails, pad_id, max_new_tokens, cap)
@@ -144,7 +125,7 @@ def _decode(model, pre, tails: list[list[int]], max_new_tokens: int, stop_ids: l
         logits = model(input_ids=cur[:, None], attention_mask=mask[:, :filled + step + 1], position_ids=pos[:, None],
                        use_cache=True, logits_to_keep=1, **past_kwargs(model, cache)).logits[:, -1].float()
         if cap is not None:
-            steps.append(cap.take()[:, -1])
+            steps.append(cap["h"][:, -1])
         nxt = logits.argmax(-1)  # generate()'s greedy choice: argmax over float32 logits
         logps.append(torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0])
         tokens.append(nxt)
@@ -170,7 +151,7 @@ def _answers(tokens: list[list[int]], logps: list[list[float]], stop_ids: list[i
     return out
 
 
-def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: int, cap: _Capture | None = None):
+def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: int, cap: dict | None = None):
     """A cache holding the prefix and every prompt but its last token, left-padded to one width.
 
     Returns (cache, attention mask with room for the new tokens, filled slots, each row's captured
@@ -204,7 +185,7 @@ def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: 
                       use_cache=True, **past_kwargs(decoder, past))
         got = output_cache(out)
         if cap is not None:
-            x = cap.take()
+            x = cap["h"]
             for row, i in enumerate(chunk):
                 states[i] = x[row, x.shape[1] - len(heads[i]):]
         if keys is None:

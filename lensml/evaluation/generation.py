@@ -92,11 +92,10 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str] | None =
     """
     device = input_device(model)
     total, count = 0.0, 0
-    if answer_ids is None:
-        answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
-    scored = answer_ids
+    given = answer_ids if answer_ids is not None else [tokenizer(a, add_special_tokens=False)["input_ids"]
+                                                         for a in answers]
     prompt_ids, answer_ids = [], []
-    for p, ans in zip(prompts, scored):
+    for p, ans in zip(prompts, given):
         if ans:
             prompt_ids.append(tokenize_rendered(tokenizer, render(tokenizer, p, system)))
             answer_ids.append(list(ans))

@@ -120,10 +120,15 @@ def lower_digest(model, start: int) -> str:
     decoder = decoder_of(model)
     h = hashlib.sha256()
     for module in [decoder.get_input_embeddings(), *list(decoder.layers)[:start]]:
-        for name, t in module.state_dict().items():
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        _hash_tensors(h, module.state_dict())
     return h.hexdigest()
+
+
+def _hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
+    """Feed each tensor's name, dtype, shape and bytes to the hash h."""
+    for name, t in tensors.items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def _save_states(path, answers: Answers) -> None:
@@ -156,9 +161,7 @@ def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg:
     so a hit is the same measurement, not an approximation of it.
     """
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    _hash_tensors(h, model.state_dict())
     meta = {"template": getattr(tokenizer, "chat_template", None), "vocab": len(tokenizer), "prompts": prompts,
             "central": central, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
             "device": str(next(model.parameters()).device), "torch": torch.__version__,

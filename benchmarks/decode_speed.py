@@ -1,5 +1,5 @@
 """The quick evaluation's decode: transformers' generate() against lensml's evaluation decoder
-(lensml.evaluation.decoding: prefill in chunks of similar length, static cache, log-probabilities).
+(lensml.runtime.decoding: prefill in chunks of similar length, static cache, log-probabilities).
 
 Answers the 80 embedded held-out prompts (zh + en) greedily with both and prints one JSON line: seconds
 for each, their ratio, and how many answers are token for token the same. A real checkpoint with
@@ -22,10 +22,10 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from lensml.data.loaders import load_texts  # noqa: E402
-from lensml.evaluation import decoding  # noqa: E402
-from lensml.evaluation.generation import _stop_ids  # noqa: E402
-from lensml.models import ModelConfig, load_tokenizer  # noqa: E402
-from lensml.templating import encode_prompts  # noqa: E402
+from lensml.runtime import decoding  # noqa: E402
+from lensml.runtime.generation import _stop_ids  # noqa: E402
+from lensml.runtime.models import ModelConfig, load_tokenizer  # noqa: E402
+from lensml.runtime.templating import encode_prompts  # noqa: E402
 
 SHAPES = {"tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                        num_key_value_heads=2),

@@ -21,9 +21,9 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from lensml import methods  # noqa: E402
 from lensml.data.loaders import load_rows  # noqa: E402
 from lensml.methods.base import MethodInputs  # noqa: E402
-from lensml.models import ModelConfig, load_tokenizer  # noqa: E402
-from lensml.probing import ProbeConfig, probe  # noqa: E402
-from lensml.steering import SteerConfig  # noqa: E402
+from lensml.runtime.models import ModelConfig, load_tokenizer  # noqa: E402
+from lensml.lens.probing import ProbeConfig, probe  # noqa: E402
+from lensml.methods.steer.hooks import SteerConfig  # noqa: E402
 from lensml.training import TrainConfig  # noqa: E402
 
 SHAPES = {"tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -100,7 +100,7 @@ def main() -> int:
                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                    "changed_tensors": len(changed), "trainable_share": round(result.trainable_share, 4)}
             if name == "steer":
-                from lensml.evaluation.generation import generate_answers
+                from lensml.runtime.generation import generate_answers
                 rec["answers"] = generate_answers(model, tok, [rows[0]["zh"], rows[0]["en"]], 8, 2)
                 method.handle.remove()
             if device.type == "cuda":

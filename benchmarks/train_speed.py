@@ -41,12 +41,12 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed lensml first, else this checkout
 
 from lensml.data.loaders import load_rows, load_texts
-from lensml.losses import LossConfig, lens_loss
-from lensml.models import ModelConfig, decoder_of, load_model, load_tokenizer, resolve_model_path
-from lensml.probing import ProbeConfig, probe
-from lensml.templating import encode_prompts, gather_last, masked_mean, pad
+from lensml.lens.losses import LossConfig, lens_loss
+from lensml.runtime.models import ModelConfig, decoder_of, load_model, load_tokenizer, resolve_model_path
+from lensml.lens.probing import ProbeConfig, probe
+from lensml.runtime.templating import encode_prompts, gather_last, masked_mean, pad
 from lensml.methods.lens import train
-from lensml.caching import empty_cache
+from lensml.lens.reference_cache import empty_cache
 from lensml.training import TrainConfig
 from transformers import get_cosine_schedule_with_warmup
 

@@ -16,12 +16,12 @@ from lensml.errors import LensError
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "lensml.models", "ModelConfig": "lensml.models",
-    "probe": "lensml.probing", "ProbeConfig": "lensml.probing",
-    "LanguageSubspace": "lensml.subspace",
-    "train": "lensml.methods.lens", "TrainConfig": "lensml.training", "LossConfig": "lensml.losses",
-    "run": "lensml.recipes", "RunConfig": "lensml.config", "load_config": "lensml.config",
-    "RunReport": "lensml.report", "apply_patch": "lensml.patch",
+    "load_model": "lensml.runtime.models", "ModelConfig": "lensml.runtime.models",
+    "probe": "lensml.lens.probing", "ProbeConfig": "lensml.lens.probing",
+    "LanguageSubspace": "lensml.lens.subspace",
+    "train": "lensml.methods.lens", "TrainConfig": "lensml.training", "LossConfig": "lensml.lens.losses",
+    "run": "lensml.recipes.run", "RunConfig": "lensml.recipes.config", "load_config": "lensml.recipes.config",
+    "RunReport": "lensml.results.report", "apply_patch": "lensml.export.patch",
     "load_rows": "lensml.data.loaders", "load_texts": "lensml.data.loaders",
 }
 

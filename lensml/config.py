@@ -1,4 +1,4 @@
-"""Run configuration: one tree of dataclasses, YAML files, dotted command-line overrides.
+"""Configuration machinery: a tree of dataclasses, YAML files, dotted command-line overrides.
 
 torchtune style: a YAML file sets any subset of the fields, and `--section.field value`
 on the command line overrides it; every field has a default and help text (the
@@ -13,58 +13,11 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from lensml.errors import LensError
-from lensml.evaluation.quick import QuickEvalConfig
-from lensml.evaluation.suite import EvalConfig
-from lensml.methods.sft import SFTConfig
-from lensml.steering import SteerConfig
-from lensml.models import ModelConfig
-from lensml.probing import ProbeConfig
-from lensml.training import TrainConfig
-
-
-@dataclass
-class RunConfig:
-    """Everything `lens run` does: probe, evaluate, train, save, evaluate again, report."""
-
-    method: str = field(default="lens", metadata={"help": "how the model is changed: lens, or a baseline to compare with: xsft (fine-tune the same top layers on (prompt, response) pairs), xsft-full (every parameter), qalign (question translation, then English instruction tuning), steer (no training: add the language direction at inference)", "section": "train"})
-    model: ModelConfig = field(default_factory=ModelConfig)
-    langs: list[str] = field(default_factory=lambda: ["zh"], metadata={"help": "target languages, comma-separated", "section": "data"})
-    central: str = field(default="en", metadata={"help": "the central language whose knowledge is inherited", "section": "data"})
-    probe_data: str = field(default="embedded", metadata={"help": "probe texts: embedded, a .jsonl/.json path, a Hub dataset (see README)", "section": "data"})
-    train_data: str = field(default="embedded", metadata={"help": "parallel prompts: embedded, a .jsonl/.json path, a Hub dataset (see README)", "section": "data"})
-    out: str = field(default="runs/default", metadata={"help": "output folder", "section": "output"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder (only once the new one is complete)", "section": "output"})
-    push_to_hub: str | None = field(default=None, metadata={"help": "upload OUT/model (with its card) to this Hub repo, OWNER/NAME, when the run succeeds (default: none, off)", "section": "output"})
-    gguf_out: str = field(default="source", metadata={"help": "when the model came from a GGUF file, also write OUT/model.gguf with the changed tensors stored as: source (the file's own type where gguf-py can quantise it, else F16), f16, f32, or none (no GGUF)", "section": "output", "choices": ["source", "f16", "f32", "none"]})
-    push_patch: bool = field(default=False, metadata={"help": "with --push-to-hub, upload OUT/patch instead of the full model", "section": "output"})
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: QuickEvalConfig = field(default_factory=QuickEvalConfig)
-    benchmarks: EvalConfig = field(default_factory=EvalConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    steer: SteerConfig = field(default_factory=SteerConfig)
-
-    def __post_init__(self):
-        from lensml import methods
-        from lensml.languages import check_languages
-
-        methods.get(self.method)  # unknown names fail here, listing the known ones
-        check_languages(self.langs, self.central)
-        stray = sorted(set(self.train.loss.lambdas) - set(self.langs))
-        if stray:
-            raise LensError(f"--lambda sets {','.join(stray)}, which is not trained (--langs {','.join(self.langs)}): "
-                            f"drop it or add it to --langs")
-
-    @property
-    def languages(self) -> list[str]:
-        """Central first, then the targets: the order of every per-language table."""
-        return [self.central] + [lang for lang in self.langs if lang != self.central]
 
 
 def _base_type(tp):
@@ -187,7 +140,7 @@ def _construct(cls, values: dict):
     return cls(**kwargs)
 
 
-def load_config(path: str | None, overrides: dict[str, object], cls=RunConfig):
+def load_config(path: str | None, overrides: dict[str, object], cls):
     """Defaults, then the YAML file, then command-line overrides; validated as a whole."""
     flat = _flatten(read_yaml(path)) if path else {}
     flat.update(overrides)

@@ -22,9 +22,9 @@ import torch
 from lensml import distributed
 from lensml.errors import LensError
 from lensml.io import append_jsonl
-from lensml.losses import LossConfig
-from lensml.models import steady_attention
-from lensml.optim import make_optimizer
+from lensml.lens.losses import LossConfig
+from lensml.runtime.models import steady_attention
+from lensml.runtime.optim import make_optimizer
 from lensml.progress import progress
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, m
     used. After the last step the loss is computed once more with the final weights:
     a run that diverged on its last update fails here instead of saving a broken model.
     """
-    steady_attention(params)  # models not loaded by lensml.models.load_model get it here
+    steady_attention(params)  # models not loaded by lensml.runtime.models.load_model get it here
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     opt = make_optimizer(params, cfg.lr, cfg.weight_decay, cfg.seed)

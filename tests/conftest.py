@@ -26,7 +26,7 @@ def tiny_gemma3_wide(tmp_path_factory):
 @pytest.fixture(params=["tiny_llama", "tiny_gemma3_wide"])
 def arch(request):
     """(model, tokenizer) of each architecture family the prefix and decoding code must handle."""
-    from lensml.models import ModelConfig, load_model
+    from lensml.runtime.models import ModelConfig, load_model
 
     model, tok, _ = load_model(ModelConfig(model=str(request.getfixturevalue(request.param))))
     return model, tok

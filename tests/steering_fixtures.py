@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lensml.models import ModelConfig, load_model
-from lensml.probing import ProbeConfig, probe
+from lensml.runtime.models import ModelConfig, load_model
+from lensml.lens.probing import ProbeConfig, probe
 from tests.helpers import SENTENCES
 
 LANGS = ["en", "zh", "sw"]

@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from lensml.config import RunConfig, iter_fields, load_config
+from lensml.config import iter_fields
+
+from lensml.recipes.config import RunConfig, load_config
 from lensml.errors import LensError
 
 

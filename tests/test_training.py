@@ -1,10 +1,10 @@
 import torch
 
 from lensml.data.loaders import load_rows, load_texts
-from lensml.losses import LossConfig
-from lensml.models import ModelConfig, load_model
-from lensml.probing import ProbeConfig, probe
-from lensml.caching import build_cache
+from lensml.lens.losses import LossConfig
+from lensml.runtime.models import ModelConfig, load_model
+from lensml.lens.probing import ProbeConfig, probe
+from lensml.lens.reference_cache import build_cache
 from lensml.methods.lens import evaluate_loss, train
 from lensml.training import TrainConfig, default_lr, size_defaults
 

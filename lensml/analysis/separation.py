@@ -7,7 +7,7 @@ the multivariate R^2 of a one-way ANOVA on the language labels):
 
 with m the mean of all states and m_k the mean of language k. Why this one:
 
-- it is what LENS edits: the language means (the rows of M in lensml.subspace) are exactly the m_k,
+- it is what LENS edits: the language means (the rows of M in lensml.lens.subspace) are exactly the m_k,
   and the agnostic/specific split moves them relative to each other; the share says how much of the
   spread of individual prompts those means account for;
 - it is a ratio of traces of scatter matrices, so a rotation, a uniform scale or a shift of all

@@ -2,7 +2,7 @@
 
 Everything a picture of a run needs is read from the run: the base model from manifest.json,
 the enhanced one from OUT/model, the held-out prompts and the templating options from the
-config the run recorded. States are taken exactly as probing takes them (lensml.probing:
+config the run recorded. States are taken exactly as probing takes them (lensml.lens.probing:
 same chat template, left cut to the probe's token budget, last real token, the last entry
 after the final norm), so the means of these states are the run's own language means,
 computed on held-out prompts.
@@ -19,12 +19,12 @@ import torch
 
 from lensml.data.loaders import load_rows
 from lensml.errors import LensError
-from lensml.models import ModelConfig, input_device, load_model
-from lensml.caching import shared_prefix
-from lensml.prefix import batch_for
-from lensml.probing import last_token_states
+from lensml.runtime.models import ModelConfig, input_device, load_model
+from lensml.runtime.topblock import shared_prefix
+from lensml.runtime.shared_prefix import batch_for
+from lensml.lens.probing import last_token_states
 from lensml.progress import progress
-from lensml.templating import encode_prompts, length_sorted_batches
+from lensml.runtime.templating import encode_prompts, length_sorted_batches
 
 log = logging.getLogger(__name__)
 

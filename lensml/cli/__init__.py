@@ -1,4 +1,4 @@
-"""`lens`: a thin command line over the library (lensml.recipes, lensml.chat, lensml.evaluation).
+"""`lens`: a thin command line over the library (lensml.recipes, lensml.cli.chat, lensml.evaluation).
 
 Every option of RunConfig is a flag generated from the dataclasses (lensml.cli.args);
 each subcommand shows only the sections it uses.
@@ -27,7 +27,7 @@ def _on_sigterm(_signum, _frame):
 
 
 def cmd_run(args) -> int:
-    from lensml.recipes import run
+    from lensml.recipes.run import run
     cfg = config_from(args)
     report = run(cfg)
     if report is not None:
@@ -37,7 +37,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from lensml.recipes import probe_job
+    from lensml.recipes.probe import probe_job
     cfg = config_from(args)
     sub = probe_job(cfg)
     print(f"subspace: {sub.num_layers} layers, d={sub.hidden_size}, languages {','.join(sub.languages)}, "
@@ -47,7 +47,7 @@ def cmd_probe(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from lensml.recipes import train_job
+    from lensml.recipes.train import train_job
     cfg = config_from(args)
     report = train_job(cfg, args.subspace)
     if report is not None:
@@ -57,13 +57,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    from lensml.recipes.jobs import apply_job
+    from lensml.recipes.apply import apply_job
     print(f"wrote {apply_job(args.patch, args.base, args.out, args.overwrite, args.dtype, args.device)}")
     return 0
 
 
 def cmd_chat(args) -> int:
-    from lensml.chat import chat
+    from lensml.cli.chat import chat
     return chat(args.model, args.base, args.compare, args.prompt, args.max_new_tokens, args.steer, args.steer_lang,
                 args.steer_strength)
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base model to compare with (default: the one the run's manifest names)")
     p.add_argument("--prompt", action="append", help="prompt to answer (repeatable); default: read lines from stdin")
     p.add_argument("--max-new-tokens", type=int, default=128, help="greedy tokens per answer (default: 128)")
-    p.add_argument("--steer", metavar="RUN_OR_SUBSPACE", help="answer with steering hooks (lensml.steering): a `lens run "
+    p.add_argument("--steer", metavar="RUN_OR_SUBSPACE", help="answer with steering hooks (lensml.methods.steer.hooks): a `lens run "
                    "--method steer` folder, or a probe/run folder or subspace with --steer-strength; --compare then "
                    "shows the model without them (default: none)")
     p.add_argument("--steer-lang", help="steer every prompt as this language (default: read off each prompt)")
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="dtype to load the base in; must match the patch's (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
     p.set_defaults(func=cmd_apply)
-    from lensml.evaluation.cli import add_eval_commands
+    from lensml.cli.eval import add_eval_commands
     add_eval_commands(sub, parents=[verbose])
     from lensml.analysis import add_plot_command
     add_plot_command(sub, parents=[verbose])

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from lensml.config import RunConfig, iter_fields, load_config
+from lensml.config import iter_fields
+
+from lensml.recipes.config import RunConfig, load_config
 
 #: Help sections in the order `--help` shows them.
 SECTIONS = {

@@ -83,7 +83,7 @@ def _hub_rows(dataset_id: str, config: str | None, split: str) -> list[dict]:
         import datasets
     except ImportError as err:
         raise LensError(f"loading {dataset_id} from the Hub needs the datasets package: pip install 'lensml[hub]'") from err
-    from lensml.models import bound_hub_requests
+    from lensml.runtime.models import bound_hub_requests
     bound_hub_requests()
     try:
         return list(datasets.load_dataset(dataset_id, config, split=split))

@@ -215,7 +215,7 @@ class JudgeClient:
             self._key = os.environ.get(cfg.api_key_env)
             if not self._key:
                 raise LensError(f"environment variable {cfg.api_key_env} (--judge.api-key-env) is not set")
-        from lensml.models import cache_dir
+        from lensml.runtime.models import cache_dir
         self.cache = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "judge"
 
     def cache_key(self, messages: list[dict]) -> str:

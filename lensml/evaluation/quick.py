@@ -16,12 +16,12 @@ import torch
 
 from lensml.evaluation.degeneration import degeneration
 from lensml.errors import LensError
-from lensml.evaluation.decoding import Generation
-from lensml.evaluation.generation import MAX_PROMPT_TOKENS, answer_nll, answer_nll_from_states, generate, own_nll
+from lensml.runtime.decoding import Generation
+from lensml.runtime.generation import MAX_PROMPT_TOKENS, answer_nll, answer_nll_from_states, generate, own_nll
 from lensml.evaluation.metrics import share
-from lensml.langid import LanguageIdentifier
-from lensml.report import LanguageScores, QuickEval, Retention
-from lensml.templating import encode_prompts
+from lensml.runtime.langid import LanguageIdentifier
+from lensml.evaluation.scores import LanguageScores, QuickEval, Retention
+from lensml.runtime.templating import encode_prompts
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Answers:
 
 def lower_digest(model, start: int) -> str:
     """sha256 of the embeddings and the decoder layers below `start`: what a layer-start input depends on."""
-    from lensml.models import decoder_of
+    from lensml.runtime.models import decoder_of
 
     decoder = decoder_of(model)
     h = hashlib.sha256()
@@ -181,7 +181,7 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
     are kept (and cached with the answers) for answer_after.
     """
     from lensml.io import write_json_atomic
-    from lensml.models import cache_dir
+    from lensml.runtime.models import cache_dir
 
     path = cache_dir() / "answers" / f"{base_key(model, tokenizer, prompts, central, cfg)}.json" if cfg.reuse_base else None
     states_path = path.with_name(f"{path.stem}.L{start}.safetensors") if path is not None and start is not None else None

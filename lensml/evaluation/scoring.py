@@ -26,11 +26,11 @@ import torch
 from lensml.progress import progress as tqdm
 
 from lensml.errors import LensError
-from lensml.models import input_device
+from lensml.runtime.models import input_device
 from lensml.evaluation import benchmarks
 from lensml.evaluation.benchmarks.base import LETTERS, MCItem, MultipleChoiceBenchmark
 from lensml.evaluation.metrics import stderr_of_mean
-from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
+from lensml.runtime.templating import length_sorted_batches, pad, render, tokenize_rendered
 
 MODES = ("loglik", "letter")
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from lensml.caching import ReferenceCache
-from lensml.subspace import LanguageSubspace
+from lensml.lens.reference_cache import ReferenceCache
+from lensml.lens.subspace import LanguageSubspace
 from lensml.training import TrainConfig, TrainResult
 
 
@@ -39,7 +39,7 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs_subspace: ClassVar[bool] = True
-    #: True when the method reads a lensml.caching.ReferenceCache (the recipe then may fill it while probing).
+    #: True when the method reads a lensml.lens.reference_cache.ReferenceCache (the recipe then may fill it while probing).
     uses_reference_cache: ClassVar[bool] = False
     #: True when the method needs a response per prompt (checked before the model loads).
     needs_responses: ClassVar[bool] = False

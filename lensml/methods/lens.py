@@ -2,7 +2,7 @@
 
 The frozen original model is needed only for reference states, and the layers
 below the start layer never change: one no-grad pass over the data caches both
-(start-layer inputs and reference final states, lensml.caching), then every step
+(start-layer inputs and reference final states, lensml.runtime.topblock), then every step
 runs only the top block. One model copy in memory, no second reference model.
 """
 
@@ -14,14 +14,16 @@ from pathlib import Path
 
 import torch
 
-from lensml.caching import ReferenceCache, TopBlock, build_cache
+from lensml.runtime.topblock import TopBlock
+
+from lensml.lens.reference_cache import ReferenceCache, build_cache
 from lensml.errors import LensError
-from lensml.losses import LensObjective, LossConfig
+from lensml.lens.losses import LensObjective, LossConfig
 from lensml.methods import register
 from lensml.methods.base import Method, MethodInputs
-from lensml.models import input_device
-from lensml.subspace import LanguageSubspace
-from lensml.templating import Batch, gather_last, masked_mean
+from lensml.runtime.models import input_device
+from lensml.lens.subspace import LanguageSubspace
+from lensml.runtime.templating import Batch, gather_last, masked_mean
 from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
 
 TERMS = ("loss", "agnostic", "specific", "retain")

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lensml.caching import TopBlock
+from lensml.runtime.topblock import TopBlock
 from lensml.errors import LensError
 from lensml.methods import register
 from lensml.methods.base import Method, MethodInputs
-from lensml.models import decoder_of, input_device
-from lensml.prefix import after, batch_for, common_prefix_length, run_prefix, shareable
-from lensml.templating import length_sorted_batches, pad, render, tokenize_rendered
+from lensml.runtime.models import decoder_of, input_device
+from lensml.runtime.shared_prefix import after, batch_for, common_prefix_length, run_prefix, shareable
+from lensml.runtime.templating import length_sorted_batches, pad, render, tokenize_rendered
 from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
 
 IGNORE = -100
@@ -101,7 +101,7 @@ def response_loss(model, input_ids: list[list[int]], labels: list[list[int]], pa
     """Mean next-token cross-entropy over the response tokens of a batch (full forward).
 
     skip > 0: the first skip tokens are the examples' shared prefix (all prompt, no labels):
-    it runs once and the batch follows it, gradients included (lensml.prefix).
+    it runs once and the batch follows it, gradients included (lensml.runtime.shared_prefix).
     """
     if skip:
         emb = model.get_input_embeddings()
@@ -161,7 +161,7 @@ def trainable(model, cfg: TrainConfig, full: bool) -> list[torch.nn.Parameter]:
 
 
 def shared_length(model, examples: Examples, enabled: bool) -> int:
-    """Tokens every example starts with (the template prefix), run once per pass (lensml.prefix)."""
+    """Tokens every example starts with (the template prefix), run once per pass (lensml.runtime.shared_prefix)."""
     every = [seq for row in examples.ids for seq in row]
     return common_prefix_length(every) if shareable(model, every, enabled) else 0
 
@@ -171,7 +171,7 @@ def cache_inputs(block: TopBlock, examples: Examples, pad_id: int, device, batch
                  skip: int = 0) -> list[list[torch.Tensor]]:
     """Start-layer inputs of every sequence, from one no-grad pass: the frozen layers below never change.
 
-    The same saving LENS takes (lensml.caching): each step then runs only the trained block and the LM head.
+    The same saving LENS takes (lensml.runtime.topblock): each step then runs only the trained block and the LM head.
     skip: the shared prefix length; it runs once and heads every stored sequence.
     """
     flat = [(r, j) for r in range(len(examples)) for j in range(len(examples.ids[r]))]

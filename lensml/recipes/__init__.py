@@ -1,6 +1,2 @@
-"""Recipes: one per job (`lens run`, `lens probe`, `lens train`), each a list of stages."""
-
-from lensml.recipes.jobs import probe_job, train_job
-from lensml.recipes.enhance import run
-
-__all__ = ["probe_job", "run", "train_job"]
+"""Recipes: one module per job (`lens run`, `lens probe`, `lens train`, `lens apply`, `lens sweep`), each a list
+of stages (stages.py) over the library; the command line (lensml.cli) only parses options and prints."""

@@ -1,6 +1,6 @@
 """The pieces every recipe shares: timed stages, inputs checked before the model loads, outputs.
 
-A recipe (lensml.recipes.enhance, .jobs) is a list of these stages in order; each returns a
+A recipe (lensml.recipes.run, .jobs) is a list of these stages in order; each returns a
 typed value the next one takes, so nothing re-reads its own output from disk.
 """
 
@@ -18,7 +18,8 @@ from typing import Iterator
 import torch
 
 from lensml import distributed
-from lensml.config import RunConfig, to_dict
+from lensml.config import to_dict
+from lensml.recipes.config import RunConfig
 from lensml.data.loaders import load_rows, load_texts
 from lensml.errors import LensError
 from lensml.io import check_free, check_writable, staged_dir, write_json_atomic
@@ -156,7 +157,7 @@ def patch_info(cfg: RunConfig, model_name: str, names: list[str]) -> dict:
 
 def gguf_source(cfg: RunConfig) -> Path | None:
     """The GGUF file the model was loaded from (--gguf or a packaged model), if any."""
-    from lensml.models import PACKAGED_MODELS, packaged_gguf
+    from lensml.runtime.models import PACKAGED_MODELS, packaged_gguf
     if cfg.model.gguf:
         return Path(cfg.model.gguf)
     if cfg.model.model in PACKAGED_MODELS:
@@ -165,11 +166,11 @@ def gguf_source(cfg: RunConfig) -> Path | None:
 
 
 def write_gguf(cfg: RunConfig, model, directory: Path, patch_cfg: dict) -> dict | None:
-    """OUT/model.gguf for a model that came in as GGUF (see lensml.gguf_export)."""
+    """OUT/model.gguf for a model that came in as GGUF (see lensml.export.gguf)."""
     source = gguf_source(cfg)
     if source is None or cfg.gguf_out == "none" or not patch_cfg.get("tensors"):
         return None
-    from lensml.gguf_export import export_gguf
+    from lensml.export.gguf import export_gguf
     return export_gguf(model, source, directory / "model.gguf", patch_cfg["tensors"], cfg.gguf_out)
 
 
@@ -179,7 +180,7 @@ def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunCon
 
     Returns the TrainResult, or None on a non-main data-parallel process (which saves nothing).
     """
-    from lensml.patch import save_patch, snapshot
+    from lensml.export.patch import save_patch, snapshot
 
     names = method.trainable_names(model, cfg.train)
     originals = snapshot(model, names) if distributed.is_main() else {}

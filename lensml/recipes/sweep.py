@@ -24,18 +24,20 @@ import torch
 import yaml
 
 from lensml import distributed
-from lensml.caching import TopBlock, empty_cache, fill_caches
+from lensml.runtime.topblock import TopBlock
+from lensml.lens.reference_cache import empty_cache, fill_caches
 from lensml.cli.args import ALIASES, add_config_arguments, overrides_of
-from lensml.config import RunConfig, coerce, iter_fields, load_config, to_dict
+from lensml.config import coerce, iter_fields, to_dict
+from lensml.recipes.config import RunConfig, load_config
 from lensml.errors import LensError
 from lensml.evaluation import quick
 from lensml.io import staged_dir
 from lensml.methods import lens
-from lensml.models import decoder_of, load_model
-from lensml.probing import probe, shares_prompts
+from lensml.runtime.models import decoder_of, load_model
+from lensml.lens.probing import probe, shares_prompts
 from lensml.progress import progress
 from lensml.recipes.stages import Stages, check_output, load_inputs
-from lensml.recipes.sweep_plots import SettingResult, SweepResult, markdown_table, write_outputs
+from lensml.results.sweep_plots import SettingResult, SweepResult, markdown_table, write_outputs
 
 log = logging.getLogger(__name__)
 

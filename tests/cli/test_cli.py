@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lensml.cli import build_parser, main
-from lensml.subspace import LanguageSubspace
+from lensml.lens.subspace import LanguageSubspace
 from tests.recipes.test_run import common, no_leftovers
 
 
@@ -90,7 +90,7 @@ def test_existing_output_is_refused(tiny_llama, parallel_data, tmp_path, capsys)
 
 
 def test_output_that_is_a_file_is_refused_before_probing(tiny_llama, parallel_data, tmp_path, capsys, monkeypatch):
-    import lensml.recipes.jobs as jobs
+    import lensml.recipes.probe as jobs
 
     monkeypatch.setattr(jobs, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded a model")))
     out = tmp_path / "file.txt"
@@ -125,7 +125,7 @@ def test_divergent_training_writes_nothing(tiny_llama, parallel_data, tmp_path, 
 
 
 def test_unwritable_output_is_refused_before_loading(tiny_llama, parallel_data, capsys, monkeypatch):
-    import lensml.recipes.enhance as recipe
+    import lensml.recipes.run as recipe
 
     monkeypatch.setattr(recipe, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded a model")))
     _fails(["run", *common(tiny_llama, parallel_data), "--out", "/proc/lensml-test/run"], capsys, "cannot write to /proc")

@@ -199,7 +199,7 @@ def test_column_mappings_for_files_and_hub(tmp_path, monkeypatch):
 
 
 def test_rows_lacking_a_language_fail_before_the_model_loads(tiny_llama, tmp_path, capsys, monkeypatch):
-    import lensml.recipes.enhance as recipe
+    import lensml.recipes.run as recipe
     from lensml.cli import main
 
     monkeypatch.setattr(recipe, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded a model")))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lensml.models import ModelConfig, load_model
+from lensml.runtime.models import ModelConfig, load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -11,9 +11,9 @@ from lensml.evaluation.benchmarks.base import (GENERATION, GenerationBenchmark, 
                                                MultipleChoiceBenchmark, letter_message, text_field)
 from lensml.cli import build_parser
 from lensml.cli.args import overrides_of
-from lensml.config import load_config
-from lensml.evaluation.cli import format_results
-from lensml.evaluation.compare import comparison_table
+from lensml.recipes.config import load_config
+from lensml.cli.eval import format_results
+from lensml.results.benchmark_table import comparison_table
 from lensml.evaluation.scoring import ScoringConfig
 from lensml.evaluation.suite import EvalConfig, evaluate
 from lensml.evaluation.tasks import parse_tasks

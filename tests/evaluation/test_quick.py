@@ -58,7 +58,7 @@ def test_base_answers_are_reused_only_for_identical_weights_and_decoding(tiny_ll
     import torch
 
     from lensml.evaluation import quick
-    from lensml.models import ModelConfig, load_model
+    from lensml.runtime.models import ModelConfig, load_model
 
     model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
     prompts = {"en": ["Why do cats purr?", "What is a prime number?"], "zh": ["猫为什么会发出呼噜声？", "什么是质数？"]}
@@ -87,8 +87,8 @@ def test_base_nll_from_its_own_tokens_equals_a_teacher_forced_pass(tiny_llama):
     """The retention baseline comes from the log-probabilities of the base model's own greedy tokens;
     the enhanced side scores those same tokens with a forward. On an unchanged model both agree."""
     from lensml.evaluation import quick
-    from lensml.evaluation.generation import answer_nll, generate_answers
-    from lensml.models import ModelConfig, load_model
+    from lensml.runtime.generation import answer_nll, generate_answers
+    from lensml.runtime.models import ModelConfig, load_model
 
     model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
     prompts = {"en": ["Why do cats purr?", "What is a prime number?", "Hi"], "zh": ["猫为什么会发出呼噜声？", "什么是质数？"]}
@@ -106,7 +106,7 @@ def test_enhanced_nll_runs_the_top_layers_only_while_the_lower_ones_are_unchange
     import torch
 
     from lensml.evaluation import quick
-    from lensml.models import ModelConfig, load_model
+    from lensml.runtime.models import ModelConfig, load_model
 
     model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
     prompts = {"en": ["Why do cats purr?", "What is a prime number?", "Hi"], "zh": ["猫为什么会发出呼噜声？"]}

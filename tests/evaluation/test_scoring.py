@@ -7,7 +7,7 @@ import torch
 from lensml.evaluation.scoring import (ItemResult, _argmax, ScoringConfig, accuracy, encode_pair, letter_prompt,
                                        letter_token_ids, loglik_requests, loglik_scores, score_letter, score_loglik)
 from lensml.evaluation.tasks import TaskSpec, load_items
-from lensml.templating import render, tokenize_rendered
+from lensml.runtime.templating import render, tokenize_rendered
 
 
 def _all_items(fixtures):

@@ -5,12 +5,12 @@ import json
 import pytest
 
 from lensml import methods
-from lensml.caching import TopBlock
+from lensml.runtime.topblock import TopBlock
 from lensml.cli import main
 from lensml.errors import LensError
 from lensml.methods.base import Method
-from lensml.models import input_device
-from lensml.templating import encode_prompts, pad
+from lensml.runtime.models import input_device
+from lensml.runtime.templating import encode_prompts, pad
 from lensml.training import TrainResult, optimise, size_defaults
 from tests.recipes.test_run import common
 

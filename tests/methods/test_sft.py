@@ -10,8 +10,8 @@ from lensml.errors import LensError
 from lensml.methods.base import MethodInputs
 from lensml.methods.qalign import stage_pairs
 from lensml.methods.sft import IGNORE, SFTConfig, build_examples, encode_pair, response_loss
-from lensml.models import ModelConfig, load_model
-from lensml.templating import render
+from lensml.runtime.models import ModelConfig, load_model
+from lensml.runtime.templating import render
 from lensml.training import TrainConfig
 from tests.helpers import write_parallel_data
 
@@ -142,7 +142,7 @@ def test_methods_that_need_responses_refuse_data_without(tiny_llama, parallel_da
 
 
 def test_cached_block_loss_equals_full_forward(tiny_llama):
-    from lensml.caching import TopBlock
+    from lensml.runtime.topblock import TopBlock
     from lensml.methods.sft import Examples, cache_inputs, cached_response_loss
 
     model, tok = _load(tiny_llama)

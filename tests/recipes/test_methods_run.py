@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lensml.cli import main
-from lensml.evaluation.methods_table import compare_runs, group_runs, load_run
-from lensml.report import RunReport
+from lensml.results.method_table import compare_runs, group_runs, load_run
+from lensml.results.report import RunReport
 from tests.helpers import write_parallel_data
 
 METHODS = ["lens", "xsft", "xsft-full", "qalign", "steer"]
@@ -98,7 +98,7 @@ def test_compare_via_cli(runs, tmp_path, capsys):
 
 
 def test_responses_checked_before_the_model_loads(tiny_llama, parallel_data, tmp_path, monkeypatch, capsys):
-    import lensml.recipes.enhance as enhance
+    import lensml.recipes.run as enhance
 
     def no_load(*_a, **_k):
         raise AssertionError("the model must not load")
@@ -114,7 +114,7 @@ def test_responses_checked_before_the_model_loads(tiny_llama, parallel_data, tmp
 def _fake_run(folder, method, zh_fid, zh_clean, nll_after, share, base_fid=0.25):
     """A run folder with hand-set numbers: every table cell can be checked."""
     from lensml.io import write_json_atomic
-    from lensml.report import LanguageScores, QuickEval, Retention, TrainSummary
+    from lensml.results.report import LanguageScores, QuickEval, Retention, TrainSummary
 
     def scores(fid, clean):
         return LanguageScores(n=40, fidelity=fid, clean_fidelity=clean, echo=0.1, loop=0.05, empty=0.0, degenerate=0.15)

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from lensml.cli import main
-from lensml.report import SCHEMA_VERSION, RunReport
-from lensml.subspace import LanguageSubspace
+from lensml.results.report import SCHEMA_VERSION, RunReport
+from lensml.lens.subspace import LanguageSubspace
 
 
 def common(model_dir, data):
@@ -96,7 +96,7 @@ def test_probe_train_chat_share_the_run_layout(tiny_gemma3, parallel_data, tmp_p
 
 
 def test_chat_compare_without_manifest_fails_before_loading(tmp_path, capsys, monkeypatch):
-    import lensml.chat as chat
+    import lensml.cli.chat as chat
 
     monkeypatch.setattr(chat, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded a model")))
     assert main(["chat", str(tmp_path), "--compare", "--prompt", "hi"]) == 2

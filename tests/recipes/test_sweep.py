@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lensml.caching import fill_caches
+from lensml.lens.reference_cache import fill_caches
 from lensml.errors import LensError
-from lensml.models import ModelConfig, load_model
+from lensml.runtime.models import ModelConfig, load_model
 from lensml.recipes.stages import load_inputs
 from lensml.recipes.sweep import (Originals, SweepSpec, add_sweep_command, combine, layer_counts, parse_grid,
                                   read_grid_file, sweep_model)
@@ -145,7 +145,7 @@ def _same_as_fresh(model, model_dir):
 
 
 def test_restore_gives_the_fresh_weights_back(tiny_llama, parallel_data):
-    from lensml.caching import TopBlock
+    from lensml.runtime.topblock import TopBlock
 
     model, _, _ = load_model(ModelConfig(model=str(tiny_llama)))
     originals = Originals(model, TopBlock(model, -4).start)

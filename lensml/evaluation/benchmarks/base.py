@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
-from lensml.data.readers import iter_csv as read_table
+from lensml.data.readers import iter_csv as read_table  # noqa: F401  (re-exported for benchmark modules)
 from lensml.data.readers import iter_json_array as read_json_array
 from lensml.data.readers import iter_jsonl
 from lensml.errors import LensError
@@ -107,14 +107,14 @@ class RunContext:
     @property
     def identify(self):
         if "main" not in self._ids:
-            from lensml.langid import LanguageIdentifier
+            from lensml.runtime.langid import LanguageIdentifier
             self._ids["main"] = LanguageIdentifier(self.cfg.langid)
         return self._ids["main"]
 
     @property
     def glotlid(self):
         if "glotlid" not in self._ids:
-            from lensml.langid import LanguageIdentifier
+            from lensml.runtime.langid import LanguageIdentifier
             self._ids["glotlid"] = (LanguageIdentifier("glotlid", self.cfg.glotlid_model)
                                     if self.cfg.glotlid_model else None)
         return self._ids["glotlid"]

@@ -27,7 +27,7 @@ from typing import Callable
 from lensml.errors import LensError
 from lensml.evaluation.benchmarks.base import GenerationBenchmark, GenerationConfig, HubSource, RunContext, TaskSpec
 from lensml.evaluation.degeneration import degeneration, distinct_n
-from lensml.evaluation.generation import generate_answers
+from lensml.runtime.generation import generate_answers
 from lensml.evaluation.judge import (JudgeClient, JudgeConfig, JudgeError, find_judge_prompts, judge_messages,
                                      load_judge_prompts)
 from lensml.evaluation.metrics import share, stderr_of_mean

@@ -1,0 +1,170 @@
+"""`lens eval` and `lens compare`: thin command-line wrappers over suite and compare.
+
+Every EvalConfig option is a flag generated from the dataclass tree, so the CLI and
+the library cannot drift apart: top-level options as `--limit`, section options as
+`--scoring.mode`, `--judge.base-url` (dotted section, dashes in the field name),
+booleans as `--save-samples/--no-save-samples` and `--scoring.add-bos/--scoring.no-add-bos`.
+The flat spellings of earlier versions (`--mode`, `--judge-base-url`, ...) still work
+but are not listed.
+
+--steer RUN_OR_SUBSPACE evaluates the model with steering hooks on (lensml.methods.steer.hooks). The hooks add
+lambda * delta_l at the last real position of every forward: under generation (MT-Bench) that is
+the prompt's last token and every generated token, i.e. the steered model's answers; in letter
+mode it is the generation point whose next-token logits are read, so the score is the steered
+model's. In loglik mode it would be the prediction of each continuation's LAST token only (the
+other continuation tokens are scored at earlier, unsteered positions), which is not a steered
+model's likelihood, so --steer with a multiple-choice task in loglik mode is refused.
+
+Exit status: 0 when every task ran; 2 (one-line message) for bad input, and also when
+a judge failed while judging MT-Bench: the result JSON and the answers are written
+first and the message says where, so nothing generated is lost, but a script that
+expects scores does not take an unjudged run for a finished one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lensml.errors import LensError
+
+#: Earlier flat flag names -> dotted option; accepted, hidden from --help.
+_OLD_FLAGS = {"mode": "scoring.mode", "batch_size": "scoring.batch_size", "max_length": "scoring.max_length",
+              "add_bos": "scoring.add_bos", "max_new_tokens": "generation.max_new_tokens",
+              "gen_batch_size": "generation.batch_size", "judge_cache": "judge.cache_dir",
+              **{f"judge_{k}": f"judge.{k}" for k in ("base_url", "model", "api_key_env", "prompts", "concurrency",
+                                                      "retries", "backoff_s", "timeout_s")}}
+_EVAL_SECTIONS = {"model": "model", "options": "evaluation", "scoring": "scoring (multiple choice)",
+                  "generation": "generation (MT-Bench answers)", "judge": "judge (MT-Bench scores)"}
+
+
+def _eval_section(dotted: str, _field) -> str:
+    return dotted.split(".")[0] if "." in dotted else "options"
+
+
+def add_eval_commands(subparsers, parents=()) -> None:
+    from lensml.cli.args import add_config_arguments
+    from lensml.evaluation import benchmarks
+    from lensml.evaluation.suite import EvalConfig
+    from lensml.runtime.models import ModelConfig
+
+    shown = ", ".join(benchmarks.get(n).display_name for n in benchmarks.names())
+    p = subparsers.add_parser("eval", parents=list(parents), usage="lens eval --tasks TASKS --out FILE [options]",
+                              help=f"benchmarks ({shown}) -> result JSON")
+    p.add_argument("--out", required=True, help="result JSON to write (answers and samples go beside it)")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an existing --out (default: False)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a busy CPU)")
+    p.add_argument("--steer", metavar="RUN_OR_SUBSPACE",
+                   help="evaluate with steering hooks: a `lens run --method steer` folder, or a probe/run folder or "
+                        "subspace with --steer-strength; generation tasks and --scoring.mode letter only (loglik would "
+                        "steer just each continuation's last token) (default: none)")
+    p.add_argument("--steer-lang", help="steer every prompt as this language (default: read off each prompt)")
+    p.add_argument("--steer-strength", type=float, help="lambda, replacing the saved one (default: the steer run's)")
+    add_config_arguments(p, ["model"], cls=ModelConfig, tag="model", prefix="model.", titles=_EVAL_SECTIONS,
+                         config_file=False)
+    add_config_arguments(p, ["options", "scoring", "generation", "judge"], cls=EvalConfig, tag="eval",
+                         titles=_EVAL_SECTIONS, sectioner=_eval_section, hidden=_OLD_FLAGS, config_file=False)
+    p.set_defaults(func=cmd_eval)
+
+    c = subparsers.add_parser("compare", parents=list(parents), usage="lens compare RESULT_OR_RUN ... [options]",
+                              help="Markdown table of results and runs (paper Table 1 shape), deltas vs the first")
+    c.add_argument("files", nargs="+", help="run folders of lens run (one row per method, plus the base model: "
+                                            "quality per language, English retention, benchmarks, cost), or "
+                                            "result JSONs of lens eval (benchmark table)")
+    c.add_argument("--out", help="also write the table: for run folders NAME.md (+ NAME.json, NAME.png) or a "
+                                 "folder (compare.md/.json/.png); for result JSONs this file")
+    c.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an existing --out (default: False)")
+    c.set_defaults(func=cmd_compare)
+
+
+def format_results(doc: dict) -> str:
+    """The printout of `lens eval`: one line per result entry, worded by its benchmark."""
+    from lensml.evaluation import benchmarks
+
+    lines = [f"model: {doc['model']}   device: {doc.get('device')}"]
+    for e in doc["results"]:
+        benchmark = benchmarks.find(e["task"])
+        line = benchmark.describe(e) if benchmark is not None else \
+            f"{e['task']}:{e['language']} n={e['n']}: {e['metric']} {e['value']:.4f}"
+        lines.append(f"{line} ({e['timings_s']['total']:.1f}s)")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from lensml.cli.args import overrides_of
+    from lensml.recipes.config import load_config
+    from lensml.evaluation.suite import EvalConfig, evaluate, judge_failures
+    from lensml.runtime.models import ModelConfig, load_model
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise LensError(f"--out {out} is a directory: give a file name such as {out / 'results.json'}")
+    if out.exists() and not args.overwrite:
+        raise LensError(f"output {out} already exists: pass --overwrite or choose another --out")
+    cfg = load_config(None, overrides_of(args, "eval"), EvalConfig)  # validated before the model loads
+    model_cfg = load_config(None, overrides_of(args, "model"), ModelConfig)
+    steering = _steering(args, cfg)  # checked before the model loads
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LensError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+        torch.set_num_threads(args.threads)
+    model, tok, name = load_model(model_cfg)
+    if steering is not None:
+        steering.attach(model, name)  # left on: the process ends with the evaluation
+        name = f"{name} + steer({args.steer}, lambda={steering.cfg.strength:g}, lang={steering.cfg.lang or 'read off'})"
+    doc = evaluate(model, tok, name, cfg, out.parent, result_file=out.name, overwrite=args.overwrite)
+    print(format_results(doc))
+    print(f"wrote {out}")
+    failed = judge_failures(doc)
+    if failed:
+        e = failed[0]
+        raise LensError(f"the judge failed on {e['task']}:{e['language']} ({e['judge_error']}); answers saved in "
+                        f"{out.parent / e['answers_file']}, results without a score in {out}: fix the judge and rerun")
+    return 0
+
+
+def _steering(args, cfg):
+    """The Steering of --steer (None without it); refused where its effect on the score is not meaningful."""
+    steer, lang = getattr(args, "steer", None), getattr(args, "steer_lang", None)
+    strength = getattr(args, "steer_strength", None)
+    if steer is None:
+        if lang is not None or strength is not None:
+            raise LensError("--steer-lang and --steer-strength need --steer RUN_OR_SUBSPACE")
+        return None
+    from lensml.methods.steer.hooks import Steering
+
+    check_steerable(cfg)
+    return Steering.from_pretrained(steer, strength=strength, lang=lang)
+
+
+def check_steerable(cfg) -> None:
+    """Refuse benchmarks whose score steering would not change as a steered model's (see the module doc):
+    multiple-choice tasks in loglik mode. For `lens eval --steer` and a steer run's --eval-tasks alike."""
+    from lensml.evaluation import benchmarks
+    from lensml.evaluation.benchmarks.base import MULTIPLE_CHOICE
+    from lensml.evaluation.tasks import parse_tasks
+
+    if cfg.scoring.mode == "loglik" and cfg.tasks and any(
+            benchmarks.get(spec.name).kind == MULTIPLE_CHOICE for spec in parse_tasks(cfg.tasks)):
+        raise LensError("steering with loglik scoring would steer only each continuation's last token, not the "
+                        "whole answer: pass --scoring.mode letter, or evaluate generation tasks only")
+
+
+def cmd_compare(args) -> int:
+    from lensml.results.benchmark_table import comparison_table, write_table
+    from lensml.results.method_table import compare_runs, is_run_folder, output_paths
+
+    if all(is_run_folder(f) for f in args.files):  # runs of `lens run`: the methods table (Tables 1 and 5)
+        print(compare_runs(args.files, args.out, args.overwrite), end="")
+        if args.out:
+            print("wrote " + ", ".join(str(p) for p in output_paths(args.out).values()))
+        return 0
+    table = comparison_table(args.files)
+    print(table, end="")
+    if args.out:
+        write_table(table, Path(args.out), args.overwrite)
+        print(f"wrote {args.out}")
+    return 0

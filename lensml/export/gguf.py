@@ -1,0 +1,112 @@
+"""GGUF out when the model came in as GGUF: the source file with only the changed tensors replaced.
+
+llama.cpp and ollama run GGUF, and the default model is one. Rather than converting the
+whole enhanced checkpoint (re-quantising layers that never changed), the source GGUF
+is copied (lensml.export.gguf_file): every key-value and every untouched tensor byte for byte, and each changed
+tensor is written in the source's own quantisation type where gguf-py can quantise it
+(else F16), or in F16/F32 when asked. HF -> GGUF tensor processing is the inverse of
+transformers' GGUF loader: Llama's Q/K rows are permuted back to llama.cpp's rotary
+layout, Gemma's norm weights get their +1 back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lensml.errors import LensError
+from lensml.export.gguf_file import GGUFFile, write_copy
+from lensml.runtime.gguf_read import reading_once
+
+log = logging.getLogger(__name__)
+
+TYPES = ("source", "f16", "f32")
+
+
+def _permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf permute (transformers' _reverse_permute_weights undoes it)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _to_gguf_layout(arch: str, gguf_name: str, w: np.ndarray, config) -> np.ndarray:
+    if arch == "llama":
+        if ".attn_q." in gguf_name:
+            return _permute(w, config.num_attention_heads, config.num_attention_heads)
+        if ".attn_k." in gguf_name:
+            return _permute(w, config.num_attention_heads, config.num_key_value_heads)
+        return w
+    if arch in ("gemma2", "gemma3", "nemotron"):
+        return w + 1 if "norm.weight" in gguf_name else w
+    raise LensError(f"GGUF export does not know the tensor layout of architecture '{arch}': use OUT/model "
+                    f"(or llama.cpp's convert_hf_to_gguf.py on it)")
+
+
+def _encode(w: np.ndarray, source_type, wanted: str):
+    """(array, GGMLQuantizationType) for a changed tensor."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    if wanted == "f32" or (wanted == "source" and source_type == Q.F32):
+        return w.astype(np.float32), Q.F32
+    if wanted == "f16" or source_type == Q.F16:
+        return w.astype(np.float16), Q.F16
+    try:
+        return quants.quantize(w.astype(np.float32), source_type), source_type
+    except (NotImplementedError, quants.QuantError, ValueError) as err:  # gguf-py cannot quantise some types
+        log.warning("gguf-py cannot write %s (%s): the changed tensor is stored as F16", source_type.name, err)
+        return w.astype(np.float16), Q.F16
+
+
+def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, changed: list[str],
+                gguf_type: str = "source") -> dict:
+    """Write target: source with the HF parameters named in `changed` taken from model. Returns a summary."""
+    from gguf import GGMLQuantizationType
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+
+    if gguf_type not in TYPES:
+        raise LensError(f"unknown GGUF tensor type '{gguf_type}': use one of {', '.join(TYPES)}")
+    source, target = Path(source), Path(target)
+    src = GGUFFile(source)
+    try:
+        with reading_once():  # the name map once, not per submodule
+            hf_of = get_gguf_hf_weights_map(model, TensorProcessor())
+        params = dict(model.named_parameters())
+        wanted = set(changed)
+        replaced: dict[str, tuple[bytes, int]] = {}
+        written: dict[str, str] = {}
+        for t in src.tensors:
+            hf = hf_of.get(t.name)
+            if hf in wanted:
+                w = params[hf].detach().to("cpu", torch.float32).numpy()
+                data, qtype = _encode(_to_gguf_layout(src.architecture, t.name, w, model.config),
+                                      GGMLQuantizationType(t.type), gguf_type)
+                replaced[t.name] = (np.ascontiguousarray(data).tobytes(), int(qtype))
+                written[t.name] = qtype.name
+        missing = wanted - {hf_of.get(name) for name in written}
+        if missing:
+            raise LensError(f"GGUF export: {sorted(missing)[0]} has no tensor in {source.name}: use OUT/model")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-")
+        os.close(fd)
+        try:
+            write_copy(src, tmp, replaced)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    finally:
+        src.close()
+    return {"source": str(source), "replaced": written, "type": gguf_type}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

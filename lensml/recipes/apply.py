@@ -1,0 +1,34 @@
+"""`lens apply`: a base model plus a run's patch, saved as a full enhanced checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lensml.errors import LensError
+from lensml.runtime.models import load_model
+from lensml.recipes.stages import (check_output, output_dir, save_model)
+
+log = logging.getLogger(__name__)
+
+
+def apply_job(patch_dir: str, base: str | None, out: str, overwrite: bool = False, dtype: str = "auto",
+              device: str = "auto") -> Path:
+    """`lens apply`: base model + patch -> a full enhanced checkpoint in OUT."""
+    from lensml.runtime.models import ModelConfig
+    from lensml.export.patch import apply_patch, read_patch
+
+    patch_cfg, _ = read_patch(patch_dir)  # a broken patch fails before the model loads
+    spec = base or patch_cfg.get("base_model")
+    if not spec:
+        raise LensError(f"{patch_dir} names no base model: pass --base")
+    model_cfg = ModelConfig(gguf=spec, dtype=dtype, device=device) if str(spec).endswith(".gguf") else \
+        ModelConfig(model=spec, dtype=dtype, device=device, revision=patch_cfg.get("base_revision"))
+    target = Path(out)
+    check_output(target, overwrite)
+    model, tok, _ = load_model(model_cfg)
+    apply_patch(model, patch_dir)
+    with output_dir(target, overwrite) as tmp:
+        save_model(model, tok, tmp)
+    log.info("wrote %s", target)
+    return target

@@ -1,0 +1,35 @@
+"""`lens probe`: load, probe, write OUT/subspace and OUT/manifest.json (the layout `lens run` writes)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lensml import distributed
+from lensml.recipes.config import RunConfig
+from lensml.runtime.models import load_model
+from lensml.lens.probing import probe
+from lensml.recipes.stages import (Stages, check_output, load_inputs, output_dir, write_manifest)
+from lensml.lens.subspace import LanguageSubspace
+
+log = logging.getLogger(__name__)
+
+
+def probe_job(cfg: RunConfig) -> LanguageSubspace:
+    """Probe and write OUT/subspace and OUT/manifest.json."""
+    out = Path(cfg.out)
+    check_output(out, cfg.overwrite)
+    stages = Stages()
+    with stages("data"):
+        inputs = load_inputs(cfg, probe=True, train=False, held_out=False)
+    with output_dir(out, cfg.overwrite) as tmp:
+        with stages("load_model"):
+            model, tok, name = load_model(cfg.model)
+        with stages("probe"):
+            subspace = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe, name, cfg.probe_data)
+        if distributed.is_main():
+            subspace.save_pretrained(tmp / "subspace")
+            write_manifest(tmp, "probe", cfg, name, stages.total(),
+                           data={"probe": subspace.metadata.get("data_sha256"), "probe_source": cfg.probe_data})
+    log.info("wrote %s", out)
+    return subspace

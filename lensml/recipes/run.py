@@ -1,0 +1,110 @@
+"""`lens run`: load, probe, evaluate before, train, save, evaluate after, report.
+
+Each stage returns a typed value the next one takes; the report (lensml.results.report.RunReport)
+is built from them in memory and written once. Outputs go to a temporary sibling folder
+renamed into place only when complete, so a failed or interrupted run never leaves a
+half-written OUT.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lensml import distributed, methods
+from lensml.recipes.config import RunConfig
+from lensml.evaluation import quick
+from lensml.io import write_json_atomic, write_jsonl_atomic
+from lensml.runtime.models import load_model
+from lensml.results.plots import plot_run
+from lensml.runtime.topblock import TopBlock
+from lensml.lens.reference_cache import empty_cache
+from lensml.export.card import check_push, push, write_model_card
+from lensml.lens.probing import probe, shares_prompts
+from lensml.recipes.stages import (Stages, check_output, load_inputs, method_inputs, output_dir, response_languages,
+                                   train_and_save, write_manifest)
+from lensml.results.report import RunReport, TrainSummary
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig) -> RunReport | None:
+    """Run every stage; returns the report (None on non-main data-parallel processes)."""
+    method = methods.get(cfg.method)
+    out = Path(cfg.out)
+    check_output(out, cfg.overwrite)
+    if cfg.push_to_hub and distributed.is_main():
+        check_push(cfg.push_to_hub)
+    stages = Stages()
+    do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
+    do_bench = bool(cfg.benchmarks.tasks) and distributed.is_main()
+    if not method.changes_weights and do_bench:
+        from lensml.cli.eval import check_steerable
+        check_steerable(cfg.benchmarks)  # before anything loads
+    with stages("data"):
+        inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval,
+                             responses=response_languages(method, cfg))
+    with output_dir(out, cfg.overwrite) as tmp:
+        with stages("load_model"):
+            model, tok, name = load_model(cfg.model)
+        subspace = cache = None
+        if method.needs_subspace:
+            with stages("probe"):
+                if method.uses_reference_cache and shares_prompts(inputs.probe_texts, cfg.probe, inputs.train_rows,
+                                                                  cfg.train, cfg.languages):
+                    log.info("probe and training prompts are the same: one pass fills the reference cache too")
+                    cache = empty_cache(model, tok, inputs.train_rows, cfg.languages, cfg.central, cfg.train)
+                subspace = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe, name, cfg.probe_data,
+                                 cache=cache)
+                if distributed.is_main():
+                    subspace.save_pretrained(tmp / "subspace")
+        if do_eval:
+            with stages("eval_base"):
+                start = TopBlock(model, cfg.train.start_layer).start if method.changes_weights else None
+                before = quick.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval, start)
+        bench = {}
+        if do_bench:
+            with stages("benchmarks_base"):
+                bench["base"] = _benchmarks(model, tok, name, cfg, tmp / "eval" / "base")
+        result = train_and_save(stages, method, model, tok, method_inputs(method, cfg, inputs, subspace, cache),
+                                cfg, name, tmp)
+        if result is None:
+            return None
+        quick_eval = None
+        if do_eval:
+            with stages("eval_enhanced"):
+                after = quick.answer_after(model, tok, before, cfg.eval, nll=method.answer_nll)
+                quick_eval, rows = quick.compare(before, after, cfg.eval)
+            write_jsonl_atomic(tmp / "answers.jsonl", rows)
+        if do_bench:
+            with stages("benchmarks_enhanced"):
+                bench["enhanced"] = _benchmarks(model, tok, f"{name} + {cfg.method}", cfg, tmp / "eval" / "enhanced")
+        timings = stages.total()
+        report = RunReport(model=name, central=cfg.central, languages=cfg.languages,
+                           train=TrainSummary(result.method, result.steps, result.lr, result.final,
+                                              result.trainable_parameters, result.total_parameters),
+                           quick_eval=quick_eval, benchmarks=bench or None, timings_s=timings)
+        if bench:
+            from lensml.results.benchmark_table import comparison_table_of
+            (tmp / "eval" / "compare.md").write_text(
+                comparison_table_of([bench["base"], bench["enhanced"]], ["base", "enhanced"]) + "\n", encoding="utf-8")
+        manifest = write_manifest(tmp, "run", cfg, name, {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
+                       train_resolved=result.resolved, losses=result.history,
+                       data={"probe": subspace.metadata.get("data_sha256") if subspace else None,
+                             "probe_source": cfg.probe_data, "train_source": cfg.train_data,
+                             "train_rows": len(inputs.train_rows)},
+                       trainable_parameters=result.trainable_parameters, total_parameters=result.total_parameters,
+                       trainable_share=result.trainable_share)
+        write_json_atomic(tmp / "report.json", report.to_dict())
+        if method.changes_weights:
+            write_model_card(tmp / "model", report, manifest, cfg.push_to_hub)
+        plot_run(report, result.history, tmp / "report.png")
+    log.info("wrote %s", out)
+    if cfg.push_to_hub:
+        log.info("pushed to %s", push(out / ("patch" if cfg.push_patch else "model"), cfg.push_to_hub))
+    return report
+
+
+def _benchmarks(model, tok, name: str, cfg: RunConfig, out_dir: Path) -> dict:
+    from lensml.evaluation.suite import evaluate  # the benchmark suite; imported only when asked for
+    return evaluate(model, tok, name, cfg.benchmarks, out_dir)

@@ -1,0 +1,248 @@
+"""`lens compare RUN_DIR...`: LENS and its alternatives side by side (the paper's Tables 1 and 5 in one).
+
+Each run folder gives one row, its method, read from report.json and manifest.json; the
+first run's "before" side gives a "base" row (no training), which every other run of the
+same model and data must match (they evaluate the same model on the same prompts, so a
+mismatch means the runs are not comparable and is said, not hidden). Runs of another model,
+central language or language set are put in their own group with its own heading.
+
+Columns: per target language fidelity, clean fidelity, echo and loop shares (held-out
+prompts, n given); central-language retention (fidelity and the NLL of the base model's own
+answers, relative change); benchmark results where the runs had --eval-tasks; cost (training
+seconds (LENS's reference pass runs inside the probe when the prompts coincide), total seconds,
+trainable-parameter share, peak memory).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lensml.data.readers import read_json
+from lensml.errors import LensError
+from lensml.results.report import LanguageScores, RunReport
+
+
+@dataclass
+class RunRow:
+    """One run folder, as the table reads it."""
+
+    label: str
+    path: Path
+    report: RunReport
+    manifest: dict
+
+    @property
+    def group(self) -> tuple:
+        """What must be equal for rows to share a table: model, central language, languages, eval data."""
+        cfg = self.manifest.get("config", {})
+        return (self.report.model, self.report.central, tuple(self.report.languages),
+                cfg.get("eval", {}).get("data"), cfg.get("eval", {}).get("samples"))
+
+    @property
+    def peak_memory(self) -> dict:
+        return self.manifest.get("peak_memory", {})
+
+
+def load_run(path: str | Path) -> RunRow:
+    """A `lens run` folder with report.json and manifest.json and a quick evaluation."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LensError(f"{path} is not a run folder: `lens compare` of methods takes folders written by `lens run`")
+    report = RunReport.load(path)
+    if not (path / "manifest.json").is_file():
+        raise LensError(f"{path} has no manifest.json: point at a folder written by `lens run`")
+    manifest = read_json(path / "manifest.json")  # names the file and line of bad JSON or UTF-8
+    if report.quick_eval is None:
+        raise LensError(f"run {path} has no quick evaluation (it ran with --eval.no-enabled): re-run it with the "
+                        f"evaluation on to compare it")
+    return RunRow(report.method or "?", path, report, manifest)
+
+
+@dataclass
+class Group:
+    """Runs that compare: same model, languages and evaluation prompts."""
+
+    key: tuple
+    rows: list[RunRow] = field(default_factory=list)
+    base_mismatch: list[str] = field(default_factory=list)  # runs whose "before" side differs from the first's
+
+    @property
+    def model(self) -> str:
+        return self.key[0]
+
+    @property
+    def central(self) -> str:
+        return self.key[1]
+
+    @property
+    def targets(self) -> list[str]:
+        return [lang for lang in self.key[2] if lang != self.central]
+
+    @property
+    def base(self) -> dict[str, LanguageScores]:
+        return self.rows[0].report.quick_eval.base
+
+
+def group_runs(rows: list[RunRow]) -> list[Group]:
+    """Rows grouped by what they were measured on, in first-seen order; unique labels within a group."""
+    groups: dict[tuple, Group] = {}
+    for row in rows:
+        groups.setdefault(row.group, Group(row.group)).rows.append(row)
+    for g in groups.values():
+        seen: dict[str, int] = {}
+        for row in g.rows:
+            seen[row.label] = seen.get(row.label, 0) + 1
+        for row in g.rows:
+            if seen[row.label] > 1:
+                row.label = f"{row.label} ({row.path.name})"
+        first = g.rows[0].report.quick_eval
+        for row in g.rows[1:]:
+            q = row.report.quick_eval
+            if q.base != first.base or q.retention.base_nll != first.retention.base_nll:
+                g.base_mismatch.append(row.label)
+    return list(groups.values())
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def quality_rows(g: Group) -> list[dict]:
+    """Per method (base first): per-language shares and central-language retention, as numbers."""
+    out = [{"method": "base", "languages": {lang: vars(g.base[lang]) for lang in [g.central, *g.targets]},
+            "retention_nll": g.rows[0].report.quick_eval.retention.base_nll, "nll_change": 0.0}]
+    for row in g.rows:
+        q = row.report.quick_eval
+        out.append({"method": row.label, "run": str(row.path),
+                    "languages": {lang: vars(q.enhanced[lang]) for lang in [g.central, *g.targets]},
+                    "retention_nll": q.retention.enhanced_nll, "nll_change": q.retention.relative_change})
+    return out
+
+
+def cost_rows(g: Group) -> list[dict]:
+    out = []
+    for row in g.rows:
+        t, tr = row.report.timings_s, row.report.train
+        out.append({"method": row.label, "probe_s": t.get("probe"), "train_s": t.get("train"), "total_s": t.get("total"),
+                    "steps": tr.steps if tr else None, "lr": tr.lr if tr else None,
+                    "trainable_share": tr.trainable_share if tr else None,
+                    "host_gb": row.peak_memory.get("host_gb"), "device_gb": row.peak_memory.get("device_gb"),
+                    "stages_s": {k: v for k, v in t.items() if k != "total"}})
+    return out
+
+
+def group_markdown(g: Group) -> str:
+    n = g.rows[0].report.quick_eval.samples
+    lines = [f"### {g.model}: {g.central} -> {', '.join(g.targets)} ({n} held-out prompts per language)", ""]
+    if g.base_mismatch:
+        lines += [f"**Not comparable:** the base answers of {', '.join(g.base_mismatch)} differ from those of "
+                  f"{g.rows[0].label} (another model revision, decoding or data): their rows are not like for like.", ""]
+    head = ["method"]
+    for lang in g.targets:
+        head += [f"{lang} fidelity", f"{lang} clean", f"{lang} echo", f"{lang} loop"]
+    head += [f"{g.central} fidelity", f"{g.central} clean", f"{g.central} NLL (change)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in quality_rows(g):
+        cells = [r["method"]]
+        for lang in g.targets:
+            s = r["languages"][lang]
+            cells += [_pct(s["fidelity"]), _pct(s["clean_fidelity"]), _pct(s["echo"]), _pct(s["loop"])]
+        c = r["languages"][g.central]
+        cells += [_pct(c["fidelity"]), _pct(c["clean_fidelity"]),
+                  f"{r['retention_nll']:.4f} ({100 * r['nll_change']:+.2f}%)"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| method | steps | peak lr | trainable share | probe (s) | train (s) | total (s) | peak host GB "
+                  "| peak device GB |", "|---|---|---|---|---|---|---|---|---|"]
+    fmt = (lambda v, f: "-" if v is None else f.format(v))  # noqa: E731
+    for r in cost_rows(g):
+        lines.append(f"| {r['method']} | {fmt(r['steps'], '{}')} | {fmt(r['lr'], '{:.1e}')} | "
+                     f"{fmt(r['trainable_share'] and 100 * r['trainable_share'], '{:.2f}%')} | "
+                     f"{fmt(r['probe_s'], '{:.1f}')} | {fmt(r['train_s'], '{:.1f}')} | {fmt(r['total_s'], '{:.1f}')} | "
+                     f"{fmt(r['host_gb'], '{:.2f}')} | {fmt(r['device_gb'], '{:.2f}')} |")
+    bench = [row for row in g.rows if row.report.benchmarks and "enhanced" in row.report.benchmarks]
+    if bench:
+        from lensml.results.benchmark_table import comparison_table_of
+        docs = [bench[0].report.benchmarks["base"]] + [row.report.benchmarks["enhanced"] for row in bench]
+        lines += ["", comparison_table_of(docs, ["base"] + [row.label for row in bench])]
+    return "\n".join(lines)
+
+
+def methods_table(groups: list[Group]) -> str:
+    return "\n\n".join(group_markdown(g) for g in groups)
+
+
+def methods_json(groups: list[Group]) -> dict:
+    return {"groups": [{"model": g.model, "central": g.central, "targets": g.targets,
+                        "samples": g.rows[0].report.quick_eval.samples, "not_comparable": g.base_mismatch,
+                        "quality": quality_rows(g), "cost": cost_rows(g)} for g in groups]}
+
+
+def plot_methods(groups: list[Group], path: Path) -> None:
+    """Grouped bars: clean fidelity per language and method, and the central language's NLL change beside."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1.2]})
+    for (ax, ax_r), g in zip(axes, groups):
+        rows = quality_rows(g)
+        width = 0.8 / len(rows)
+        for i, r in enumerate(rows):
+            xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(g.targets))]
+            ax.bar(xs, [100 * r["languages"][lang]["clean_fidelity"] for lang in g.targets], width,
+                   label=r["method"])
+        ax.set_xticks(range(len(g.targets)), g.targets)
+        ax.set_ylabel("clean fidelity (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{g.model}: answers in the asked language, no echo/loop")
+        ax.legend(fontsize=8, ncols=2)
+        ax_r.barh([r["method"] for r in rows], [100 * r["nll_change"] for r in rows],
+                  color=[f"C{i}" for i in range(len(rows))])
+        ax_r.axvline(0, color="black", lw=0.8)
+        ax_r.invert_yaxis()
+        ax_r.set_xlabel(f"{g.central} answer NLL change (%)")
+        ax_r.set_title(f"{g.central} retention (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A folder written by `lens run` (report.json + manifest.json of kind "run")."""
+    path = Path(path)
+    try:
+        return path.is_dir() and json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("kind") == "run"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """--out NAME.md writes NAME.md, NAME.json, NAME.png; any other --out is a folder holding compare.*."""
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix == ".md" else out / "compare"
+    return {kind: stem.with_suffix(f".{kind}") for kind in ("md", "json", "png")}
+
+
+def compare_runs(paths: list[str | Path], out: str | Path | None = None, overwrite: bool = False) -> str:
+    """The methods table of run folders; with out, also written as Markdown, JSON and a picture."""
+    from lensml.io import write_json_atomic, write_text_atomic
+
+    if not paths:
+        raise LensError("lens compare needs at least one run folder")
+    groups = group_runs([load_run(p) for p in paths])
+    text = methods_table(groups) + "\n"
+    if out is not None:
+        files = output_paths(out)
+        taken = [str(p) for p in files.values() if p.exists()]
+        if taken and not overwrite:
+            raise LensError(f"{taken[0]} already exists: pass --overwrite or choose another --out")
+        files["md"].parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(files["md"], text)
+        write_json_atomic(files["json"], methods_json(groups))
+        tmp = files["png"].with_name(f".{files['png'].name}.tmp.png")
+        plot_methods(groups, tmp)
+        tmp.replace(files["png"])
+    return text

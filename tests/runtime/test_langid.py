@@ -1,0 +1,50 @@
+"""The language identifier on clear sentences, on empty text, and GlotLID labels mapped to two-letter codes."""
+
+import pytest
+
+import lensml.runtime.langid as langid
+from lensml.errors import LensError
+from lensml.runtime.langid import LanguageIdentifier
+
+# Two clear sentences per language, written for this test.
+CLEAR = {
+    "en": ["The weather is lovely today, so we are going to walk in the park.",
+           "Please remember to water the tomatoes before you leave for work."],
+    "zh": ["今天天气很好，我们去公园散步吧。", "出门上班之前请记得给西红柿浇水。"],
+    "ja": ["今日はとても良い天気なので、公園に散歩に行きましょう。", "仕事に出かける前に、トマトに水をやるのを忘れないでください。"],
+    "ko": ["오늘은 날씨가 아주 좋아서 공원에 산책하러 갑시다.", "출근하기 전에 토마토에 물 주는 것을 잊지 마세요."],
+    "ar": ["الطقس جميل جدا اليوم، لنذهب إلى الحديقة.", "من فضلك تذكر أن تسقي الطماطم قبل أن تذهب إلى العمل."],
+    "bn": ["আজ আবহাওয়া খুব সুন্দর, চলো পার্কে বেড়াতে যাই।", "কাজে যাওয়ার আগে টমেটো গাছে জল দিতে ভুলো না।"],
+    "sw": ["Hali ya hewa ni nzuri sana leo, twende tukatembee kwenye bustani.",
+           "Tafadhali kumbuka kumwagilia nyanya kabla ya kwenda kazini."],
+}
+
+
+def test_lingua_identifies_clear_sentences():
+    ident = LanguageIdentifier()
+    for lang, texts in CLEAR.items():
+        assert ident.batch(texts) == [lang, lang], lang
+
+
+def test_empty_text_is_unknown():
+    ident = LanguageIdentifier()
+    assert ident("") == "" and ident("  \n\t") == "" and ident.batch(["", "Hello there, how are you today?"]) == ["", "en"]
+
+
+def test_glotlid_labels_become_two_letter_codes(monkeypatch):
+    class FakeFastText:
+        def predict(self, text):
+            label = {"a": "__label__cmn_Hani", "b": "__label__swh_Latn", "c": "__label__arb_Arab",
+                     "d": "__label__xyz_Latn"}[text[0]]
+            return [label], [0.9]
+
+    monkeypatch.setattr(langid, "_detector", lambda backend, path: FakeFastText())
+    ident = LanguageIdentifier("glotlid", "model.bin")
+    assert ident.batch(["a", "b", "c", "d"]) == ["zh", "sw", "ar", "xyz"]
+
+
+def test_bad_backend():
+    with pytest.raises(LensError, match="unknown language identifier"):
+        LanguageIdentifier("nope")
+    with pytest.raises(LensError, match="fastText model"):
+        LanguageIdentifier("glotlid")

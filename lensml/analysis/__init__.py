@@ -12,7 +12,6 @@ import importlib
 _EXPORTS = {
     "plot_subspace": "lensml.analysis.subspace_plot", "separation": "lensml.analysis.separation",
     "pca_2d": "lensml.analysis.separation", "chance_share": "lensml.analysis.separation",
-    "add_plot_command": "lensml.cli.plot",
 }
 
 __all__ = list(_EXPORTS)

@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apply)
     from lensml.cli.eval import add_eval_commands
     add_eval_commands(sub, parents=[verbose])
-    from lensml.analysis import add_plot_command
+    from lensml.cli.plot import add_plot_command
     add_plot_command(sub, parents=[verbose])
-    from lensml.recipes.sweep import add_sweep_command
+    from lensml.cli.sweep import add_sweep_command
     add_sweep_command(sub, parents=[verbose])
     return parser
 

@@ -27,6 +27,7 @@ import argparse
 from pathlib import Path
 
 from lensml.errors import LensError
+from lensml.evaluation import tasks
 
 #: Earlier flat flag names -> dotted option; accepted, hidden from --help.
 _OLD_FLAGS = {"mode": "scoring.mode", "batch_size": "scoring.batch_size", "max_length": "scoring.max_length",
@@ -136,21 +137,8 @@ def _steering(args, cfg):
         return None
     from lensml.methods.steer.hooks import Steering
 
-    check_steerable(cfg)
+    tasks.check_steerable(cfg)
     return Steering.from_pretrained(steer, strength=strength, lang=lang)
-
-
-def check_steerable(cfg) -> None:
-    """Refuse benchmarks whose score steering would not change as a steered model's (see the module doc):
-    multiple-choice tasks in loglik mode. For `lens eval --steer` and a steer run's --eval-tasks alike."""
-    from lensml.evaluation import benchmarks
-    from lensml.evaluation.benchmarks.base import MULTIPLE_CHOICE
-    from lensml.evaluation.tasks import parse_tasks
-
-    if cfg.scoring.mode == "loglik" and cfg.tasks and any(
-            benchmarks.get(spec.name).kind == MULTIPLE_CHOICE for spec in parse_tasks(cfg.tasks)):
-        raise LensError("steering with loglik scoring would steer only each continuation's last token, not the "
-                        "whole answer: pass --scoring.mode letter, or evaluate generation tasks only")
 
 
 def cmd_compare(args) -> int:

@@ -151,3 +151,12 @@ def load_items(spec: TaskSpec, limit: int | None = 1000, seed: int = 1234,
     chosen = [items[i] for i in sample_indices(len(items), limit, seed)]
     log.info("%s: %d of %d items from %s", spec, len(chosen), len(items), source)
     return chosen, source
+
+
+def check_steerable(cfg) -> None:
+    """Refuse benchmarks whose score steering would not change as a steered model's (steering hooks act on each forward's last position):
+    multiple-choice tasks in loglik mode. For `lens eval --steer` and a steer run's --eval-tasks alike."""
+    if cfg.scoring.mode == "loglik" and cfg.tasks and any(
+            benchmarks.get(spec.name).kind == MULTIPLE_CHOICE for spec in parse_tasks(cfg.tasks)):
+        raise LensError("steering with loglik scoring would steer only each continuation's last token, not the "
+                        "whole answer: pass --scoring.mode letter, or evaluate generation tasks only")

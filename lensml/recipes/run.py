@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lensml import distributed, methods
 from lensml.recipes.config import RunConfig
-from lensml.evaluation import quick
+from lensml.evaluation import quick, tasks
 from lensml.io import write_json_atomic, write_jsonl_atomic
 from lensml.runtime.models import load_model
 from lensml.results.plots import plot_run
@@ -39,8 +39,7 @@ def run(cfg: RunConfig) -> RunReport | None:
     do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
     do_bench = bool(cfg.benchmarks.tasks) and distributed.is_main()
     if not method.changes_weights and do_bench:
-        from lensml.cli.eval import check_steerable
-        check_steerable(cfg.benchmarks)  # before anything loads
+        tasks.check_steerable(cfg.benchmarks)  # before anything loads
     with stages("data"):
         inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval,
                              responses=response_languages(method, cfg))

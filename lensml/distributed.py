@@ -12,6 +12,8 @@ import os
 from functools import lru_cache
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 
 
 def is_distributed() -> bool:
@@ -20,7 +22,6 @@ def is_distributed() -> bool:
 
 @lru_cache(maxsize=1)
 def _state():
-    from accelerate import PartialState
     # Without a GPU, accelerate only forms a (gloo) process group when told it runs on CPU.
     return PartialState(cpu=not torch.cuda.is_available())
 
@@ -46,7 +47,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over processes (in place where possible) and return it."""
     if not is_distributed():
         return t
-    from accelerate.utils import reduce
     return reduce(t, reduction="sum")
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from lingua import Language
+
 from lensml.errors import LensError
 
 # Codes lingua does not know, covered by lensml's evaluation tasks: code -> (name, ISO 639-3).
@@ -36,8 +38,6 @@ _INDIVIDUAL: dict[str, str] = {
 @lru_cache(maxsize=1)
 def _table() -> dict[str, tuple[str, str]]:
     """Two-letter code -> (English name, lingua's ISO 639-3 code), for lingua's languages and the extras."""
-    from lingua import Language
-
     table = {lang.iso_code_639_1.name.lower(): (lang.name.capitalize(), lang.iso_code_639_3.name.lower())
              for lang in Language.all()}
     table.update({code: (name, table[code][1]) for code, name in _NAME_OVERRIDE.items()})

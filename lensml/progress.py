@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 
+from tqdm.auto import tqdm
+
+from lensml import distributed
+
 
 def progress(*args, **kwargs):
     """tqdm that is hidden off a terminal and on non-main processes."""
-    from tqdm.auto import tqdm
-
-    from lensml import distributed
-
     if distributed.is_distributed() and not distributed.is_main():
         kwargs["disable"] = True
     elif os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from lensml.analysis.subspace_plot import plot_subspace
 from lensml.errors import LensError
+from lensml.results.rundir import RunDir
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -19,14 +20,13 @@ def parse_layers(text: str | None) -> list[int] | None:
 
 
 def cmd_plot_subspace(args) -> int:
-    from lensml.analysis.subspace_plot import plot_subspace
     doc = plot_subspace(args.run, parse_layers(args.layers), args.data, args.samples, args.overwrite,
                         device=args.device, dtype=args.dtype)
     best = max(doc["separation"]["enhanced"], key=lambda e: e["language_share"] or 0.0)
     print(f"{doc['samples']} prompts per language ({','.join(doc['languages'])}), {doc['num_layers']} layers; "
           f"PCA at layers {','.join(str(e['layer']) for e in doc['pca'])}; enhanced model's languages most "
           f"separated at layer {best['layer']} (share {best['language_share']:.3f})")
-    print(f"wrote {Path(args.run) / 'analysis'}")
+    print(f"wrote {RunDir(args.run).analysis}")
     return 0
 
 

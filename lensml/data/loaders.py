@@ -37,6 +37,7 @@ from pathlib import Path
 from lensml.data.readers import iter_csv, iter_json_array, iter_jsonl, iter_table, read_json, read_jsonl
 from lensml.errors import LensError
 from lensml.languages import iso639_1
+from lensml.runtime.models import bound_hub_requests
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_PARTS = ("part_a.jsonl", "part_b.jsonl", "part_c.jsonl")
@@ -80,10 +81,9 @@ def _json_file(path: Path) -> list[tuple[dict, str]]:
 
 def _hub_rows(dataset_id: str, config: str | None, split: str) -> list[dict]:
     try:
-        import datasets
+        import datasets  # optional dependency (lensml[hub])
     except ImportError as err:
         raise LensError(f"loading {dataset_id} from the Hub needs the datasets package: pip install 'lensml[hub]'") from err
-    from lensml.runtime.models import bound_hub_requests
     bound_hub_requests()
     try:
         return list(datasets.load_dataset(dataset_id, config, split=split))

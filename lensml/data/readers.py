@@ -100,7 +100,7 @@ def iter_table(path: Path) -> Iterator[tuple[dict, str]]:
         if not path.is_file():
             raise LensError(f"data file {path} does not exist: check the path")
         try:
-            import pyarrow.parquet as pq  # only for parquet copies of Hub datasets
+            import pyarrow.parquet as pq  # optional dependency, only for parquet copies of Hub datasets
         except ImportError as err:
             raise LensError(f"reading {path} needs pyarrow: pip install pyarrow (or convert it to JSONL)") from err
         return ((row, f"{path}: row {i}") for i, row in enumerate(pq.read_table(path).to_pylist()))

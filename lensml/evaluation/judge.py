@@ -37,6 +37,7 @@ from pathlib import Path
 from lensml.data.readers import iter_jsonl as read_jsonl
 from lensml.errors import LensError
 from lensml.io import write_json_atomic
+from lensml.runtime.models import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,6 @@ class JudgeClient:
             self._key = os.environ.get(cfg.api_key_env)
             if not self._key:
                 raise LensError(f"environment variable {cfg.api_key_env} (--judge.api-key-env) is not set")
-        from lensml.runtime.models import cache_dir
         self.cache = Path(cfg.cache_dir) if cfg.cache_dir else cache_dir() / "judge"
 
     def cache_key(self, messages: list[dict]) -> str:

@@ -13,14 +13,19 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import __version__ as transformers_version
 
-from lensml.evaluation.degeneration import degeneration
 from lensml.errors import LensError
+from lensml.evaluation.degeneration import degeneration
+from lensml.evaluation.metrics import share
+from lensml.evaluation.scores import LanguageScores, QuickEval, Retention
+from lensml.io import write_json_atomic
 from lensml.runtime.decoding import Generation
 from lensml.runtime.generation import MAX_PROMPT_TOKENS, answer_nll, answer_nll_from_states, generate, own_nll
-from lensml.evaluation.metrics import share
 from lensml.runtime.langid import LanguageIdentifier
-from lensml.evaluation.scores import LanguageScores, QuickEval, Retention
+from lensml.runtime.models import cache_dir, decoder_of
 from lensml.runtime.templating import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -115,8 +120,6 @@ class Answers:
 
 def lower_digest(model, start: int) -> str:
     """sha256 of the embeddings and the decoder layers below `start`: what a layer-start input depends on."""
-    from lensml.runtime.models import decoder_of
-
     decoder = decoder_of(model)
     h = hashlib.sha256()
     for module in [decoder.get_input_embeddings(), *list(decoder.layers)[:start]]:
@@ -132,8 +135,6 @@ def _hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _save_states(path, answers: Answers) -> None:
-    from safetensors.torch import save_file
-
     lengths = torch.tensor([s.shape[0] for s in answers.central_states])
     tmp = path.with_name(path.name + ".tmp")
     save_file({"states": torch.cat(answers.central_states).contiguous(), "lengths": lengths}, str(tmp),
@@ -142,8 +143,6 @@ def _save_states(path, answers: Answers) -> None:
 
 
 def _load_states(path, start: int) -> tuple[list[torch.Tensor], str] | None:
-    from safetensors import safe_open
-
     if not path.is_file():
         return None
     with safe_open(str(path), "pt") as f:
@@ -166,7 +165,6 @@ def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg:
             "central": central, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
             "device": str(next(model.parameters()).device), "torch": torch.__version__,
             "nll": "generated-ids"}
-    from transformers import __version__ as transformers_version
     meta["transformers"] = transformers_version
     h.update(json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
     return h.hexdigest()[:32]
@@ -180,9 +178,6 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
     start: the first layer training may change; the inputs of that layer along the central answers
     are kept (and cached with the answers) for answer_after.
     """
-    from lensml.io import write_json_atomic
-    from lensml.runtime.models import cache_dir
-
     path = cache_dir() / "answers" / f"{base_key(model, tokenizer, prompts, central, cfg)}.json" if cfg.reuse_base else None
     states_path = path.with_name(f"{path.stem}.L{start}.safetensors") if path is not None and start is not None else None
     if path is not None and path.is_file():

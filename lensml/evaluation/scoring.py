@@ -23,13 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from lensml.progress import progress as tqdm
 
 from lensml.errors import LensError
-from lensml.runtime.models import input_device
 from lensml.evaluation import benchmarks
 from lensml.evaluation.benchmarks.base import LETTERS, MCItem, MultipleChoiceBenchmark
 from lensml.evaluation.metrics import stderr_of_mean
+from lensml.progress import progress as tqdm
+from lensml.runtime.models import input_device
 from lensml.runtime.templating import length_sorted_batches, pad, render, tokenize_rendered
 
 MODES = ("loglik", "letter")

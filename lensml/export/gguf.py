@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType, quants
+from gguf import GGMLQuantizationType as Q
+from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
 
 from lensml.errors import LensError
 from lensml.export.gguf_file import GGUFFile, write_copy
@@ -50,9 +53,6 @@ def _to_gguf_layout(arch: str, gguf_name: str, w: np.ndarray, config) -> np.ndar
 
 def _encode(w: np.ndarray, source_type, wanted: str):
     """(array, GGMLQuantizationType) for a changed tensor."""
-    from gguf import GGMLQuantizationType as Q
-    from gguf import quants
-
     if wanted == "f32" or (wanted == "source" and source_type == Q.F32):
         return w.astype(np.float32), Q.F32
     if wanted == "f16" or source_type == Q.F16:
@@ -67,9 +67,6 @@ def _encode(w: np.ndarray, source_type, wanted: str):
 def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, changed: list[str],
                 gguf_type: str = "source") -> dict:
     """Write target: source with the HF parameters named in `changed` taken from model. Returns a summary."""
-    from gguf import GGMLQuantizationType
-    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
-
     if gguf_type not in TYPES:
         raise LensError(f"unknown GGUF tensor type '{gguf_type}': use one of {', '.join(TYPES)}")
     source, target = Path(source), Path(target)

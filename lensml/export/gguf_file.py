@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from lensml.errors import LensError
 
 _SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
@@ -38,8 +40,6 @@ class TensorInfo:
 
 
 def nbytes(n_elements: int, qtype: int) -> int:
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
     return n_elements // block * size
 

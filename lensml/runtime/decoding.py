@@ -22,12 +22,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import StaticLayer
 
+from lensml.progress import progress as tqdm
 from lensml.runtime import known_hooks
 from lensml.runtime.models import decoder_of, input_device
 from lensml.runtime.shared_prefix import fits_window, output_cache, past_kwargs, run_prefix, shareable, split
-from lensml.progress import progress as tqdm
 from lensml.runtime.templating import length_sorted_batches, pad
+from lensml.runtime.topblock import TopBlock
 
 CHUNK_OVERHEAD = 32  # a prefill forward's fixed cost, in padded tokens' worth (measured: 15 ms, 2 ms a token)
 
@@ -71,8 +74,6 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     capture=layer records that decoder layer's inputs for every position an answer's NLL reads
     (Generation.states; not on the generate() path, where they stay None).
     """
-    from lensml.runtime.topblock import TopBlock
-
     if not prompts:
         return []
     steering = known_hooks.known_only(model)
@@ -216,8 +217,6 @@ def _layer_tensors(cache, rows: int, length: int):
 
 
 def _new_cache(model, length: int):
-    from transformers import DynamicCache, StaticCache
-
     config = model.config
     if _static_appends():
         return StaticCache(config=config, max_cache_len=length)
@@ -228,8 +227,6 @@ def _new_cache(model, length: int):
 def _static_appends() -> bool:
     """Does transformers' static cache layer append by its own count (5.17+)? Older ones write where
     a cache_position says, which a forward given position_ids does not pass; they get DynamicCache."""
-    from transformers.cache_utils import StaticLayer
-
     return isinstance(getattr(StaticLayer(max_cache_len=1), "cumulative_length", None), torch.Tensor)
 
 

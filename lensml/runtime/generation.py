@@ -8,6 +8,7 @@ from lensml.runtime.decoding import Generation, greedy
 from lensml.runtime.models import decoder_of, input_device
 from lensml.runtime.shared_prefix import batch_for, hooked, past_kwargs, run_prefix, shareable, split
 from lensml.runtime.templating import length_sorted_batches, pad, render, tokenize_rendered
+from lensml.runtime.topblock import TopBlock
 
 
 def _prefix_for(model, ids: list[list[int]], share_prefix: bool, new_tokens: int = 0):
@@ -129,8 +130,6 @@ def answer_nll_from_states(model, start: int, prompt_ids: list[list[int]], answe
     layers from start up and the LM head need to run, 2 of 30 layers for the default run.
     None where the LM head is more than a linear map (logit soft-capping): use answer_nll.
     """
-    from lensml.runtime.topblock import TopBlock
-
     config = getattr(model.config, "get_text_config", lambda: model.config)()
     if getattr(config, "final_logit_softcapping", None):
         return None

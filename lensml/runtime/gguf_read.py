@@ -15,12 +15,12 @@ import functools
 import os
 from contextlib import contextmanager
 
+import gguf
+
 
 @contextmanager
 def reading_once():
     """While active, gguf.GGUFReader(path) parses each file once and the tensor-name map is cached."""
-    import gguf
-
     original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
     readers: dict = {}
 

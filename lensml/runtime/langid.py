@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from lingua import LanguageDetectorBuilder
+
 from lensml.errors import LensError
 from lensml.languages import iso639_1
 
@@ -44,16 +46,15 @@ class LanguageIdentifier:
 @lru_cache(maxsize=4)
 def _detector(backend: str, model_path: str | None):
     if backend == "lingua":
-        from lingua import LanguageDetectorBuilder
         return LanguageDetectorBuilder.from_all_languages().with_preloaded_language_models().build()
     if backend == "cld3":
         try:
-            import gcld3  # the module of the cld3-py package
+            import gcld3  # optional dependency: the module of the cld3-py package
         except ImportError as err:
             raise LensError("cld3 is not installed: pip install cld3-py") from err
         return gcld3.NNetLanguageIdentifier(0, 1000)
     try:
-        import fasttext
+        import fasttext  # optional dependency, for GlotLID
     except ImportError as err:
         raise LensError("GlotLID needs the fasttext package: pip install fasttext-wheel") from err
     return fasttext.load_model(model_path)

@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lensml import distributed
 from lensml.errors import LensError
 from lensml.io import remove_stale, write_json_atomic
+from lensml.runtime.gguf_read import reading_once
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,6 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str) -> torch.device:
-    from lensml import distributed
     if device == "auto" and distributed.is_distributed():
         return distributed.device()
     if device == "auto":
@@ -139,10 +141,6 @@ CONVERT_PREFIX = ".convert-"
 
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     """Convert a GGUF file once to a float32 safetensors checkpoint; return its directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lensml.runtime.gguf_read import reading_once
-
     target = cache_dir() / "models" / f"gguf-{file_digest(gguf_path)}"
     if (target / "config.json").is_file():
         return target
@@ -213,7 +211,7 @@ def bound_hub_requests(timeout_s: float | None = None) -> None:
     for as long as one waited. A transport that fills in missing timeouts bounds them all.
     """
     try:
-        import httpx2 as httpx
+        import httpx2 as httpx  # present only in the huggingface_hub generation that uses it
         from huggingface_hub import set_client_factory
         from huggingface_hub.utils._http import hf_request_event_hook
     except ImportError:  # another huggingface_hub generation: it keeps its own defaults
@@ -239,7 +237,7 @@ def check_hub(model: str, revision: str | None = None) -> None:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return
     try:
-        from huggingface_hub import model_info, try_to_load_from_cache
+        from huggingface_hub import model_info, try_to_load_from_cache  # optional: absent, no pre-check
     except ImportError:
         return
     cached = try_to_load_from_cache(model, "config.json", revision=revision)
@@ -266,8 +264,6 @@ def _hub_error(err: Exception, model: str) -> LensError | None:
 
 
 def load_tokenizer(path: str, cfg: ModelConfig):
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     if cfg.template:
         tpl = Path(cfg.template)
@@ -283,8 +279,6 @@ def load_tokenizer(path: str, cfg: ModelConfig):
 
 def load_model(cfg: ModelConfig):
     """Load (model, tokenizer, display name); the model in eval mode on its device."""
-    from transformers import AutoModelForCausalLM
-
     path, name = resolve_model_path(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

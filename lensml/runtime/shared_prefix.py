@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lensml.runtime.models import decoder_of
 from lensml.runtime.templating import Batch, pad, position_ids_from_mask
 
 MIN_PREFIX = 4  # below this the extra call costs more than it saves
@@ -151,8 +152,6 @@ def hooked(model) -> bool:
 
 def hook_ids(model) -> set[int]:
     """The ids of the forward and pre-forward hooks on the model, its decoder, layers and final norm."""
-    from lensml.runtime.models import decoder_of
-
     decoder = decoder_of(model)
     modules = [model, decoder, *decoder.layers, getattr(decoder, "norm", None)]
     return {i for m in modules if m is not None for i in (*m._forward_hooks, *m._forward_pre_hooks)}

@@ -48,7 +48,7 @@ def test_total_and_gradient_conventions():
 
 
 def test_unresolved_defaults_are_refused():
-    """Defaults are resolved in one place (training.size_defaults), never by a fallback inside the loss."""
+    """Defaults are resolved in one place (lensml.methods.lens.size_defaults), never by a fallback inside the loss."""
     import pytest
 
     x = torch.zeros(1, 2)

@@ -2,9 +2,9 @@
 
 `get("mt-bench")` returns the registered benchmark for a name or alias; `names()`
 lists them in registration order; `register(benchmark)` adds one (a plugin or a test
-can register its own without editing lensml). The built-in modules are imported on
-the first lookup, not at import time, so a benchmark module may import
-`lensml.evaluation.tasks` (which imports this package) without an import cycle.
+can register its own without editing lensml). The built-ins are registered on the first
+lookup; a benchmark module finds its data with lensml.evaluation.benchmarks.sources, which
+takes the benchmark itself, so no benchmark module imports this registry.
 
 To add a benchmark: write one module with a `MultipleChoiceBenchmark` or
 `GenerationBenchmark` subclass (see base.py), and add it to `_builtins` below.
@@ -13,8 +13,14 @@ To add a benchmark: write one module with a `MultipleChoiceBenchmark` or
 from __future__ import annotations
 
 from lensml.errors import LensError
-from lensml.evaluation.benchmarks.base import (GENERATION, MULTIPLE_CHOICE, Benchmark, GenerationBenchmark,
-                                               MultipleChoiceBenchmark)
+from lensml.evaluation.benchmarks import m_mmlu, mtbench, xcopa, xstorycloze, xwinograd
+from lensml.evaluation.benchmarks.base import (
+    GENERATION,
+    MULTIPLE_CHOICE,
+    Benchmark,
+    GenerationBenchmark,
+    MultipleChoiceBenchmark,
+)
 
 __all__ = ["Benchmark", "GenerationBenchmark", "MultipleChoiceBenchmark", "MULTIPLE_CHOICE", "GENERATION",
            "register", "unregister", "get", "names", "find"]
@@ -25,7 +31,6 @@ _loaded = False
 
 
 def _builtins() -> list[Benchmark]:
-    from lensml.evaluation.benchmarks import m_mmlu, mtbench, xcopa, xstorycloze, xwinograd
     return [xcopa.XCOPA(), xwinograd.XWinograd(), xstorycloze.XStoryCloze(), m_mmlu.MMMLU(), mtbench.MTBench()]
 
 

@@ -24,6 +24,7 @@ from lensml.data.readers import iter_csv as read_table  # noqa: F401  (re-export
 from lensml.data.readers import iter_json_array as read_json_array
 from lensml.data.readers import iter_jsonl
 from lensml.errors import LensError
+from lensml.runtime.langid import LanguageIdentifier
 
 if TYPE_CHECKING:  # only for annotations: the suite imports this module
     from lensml.evaluation.suite import EvalConfig
@@ -107,14 +108,12 @@ class RunContext:
     @property
     def identify(self):
         if "main" not in self._ids:
-            from lensml.runtime.langid import LanguageIdentifier
             self._ids["main"] = LanguageIdentifier(self.cfg.langid)
         return self._ids["main"]
 
     @property
     def glotlid(self):
         if "glotlid" not in self._ids:
-            from lensml.runtime.langid import LanguageIdentifier
             self._ids["glotlid"] = (LanguageIdentifier("glotlid", self.cfg.glotlid_model)
                                     if self.cfg.glotlid_model else None)
         return self._ids["glotlid"]

@@ -7,8 +7,15 @@ after "Answer:".
 
 from __future__ import annotations
 
-from lensml.evaluation.benchmarks.base import (LETTERS, HubSource, MCItem, MultipleChoiceBenchmark, label_field,
-                                               letter_message, text_field)
+from lensml.evaluation.benchmarks.base import (
+    LETTERS,
+    HubSource,
+    MCItem,
+    MultipleChoiceBenchmark,
+    label_field,
+    letter_message,
+    text_field,
+)
 
 _OPTIONS = ("option_a", "option_b", "option_c", "option_d")
 

@@ -26,13 +26,19 @@ from typing import Callable
 
 from lensml.errors import LensError
 from lensml.evaluation.benchmarks.base import GenerationBenchmark, GenerationConfig, HubSource, RunContext, TaskSpec
+from lensml.evaluation.benchmarks.sources import data_path, resolve_local, sample_indices, source_rows
 from lensml.evaluation.degeneration import degeneration, distinct_n
-from lensml.runtime.generation import generate_answers
-from lensml.evaluation.judge import (JudgeClient, JudgeConfig, JudgeError, find_judge_prompts, judge_messages,
-                                     load_judge_prompts)
+from lensml.evaluation.judge import (
+    JudgeClient,
+    JudgeConfig,
+    JudgeError,
+    find_judge_prompts,
+    judge_messages,
+    load_judge_prompts,
+)
 from lensml.evaluation.metrics import share, stderr_of_mean
-from lensml.evaluation.tasks import data_path, resolve_local, sample_indices, source_rows
 from lensml.io import write_jsonl_atomic
+from lensml.runtime.generation import generate_answers
 
 __all__ = ["MTBench", "Question", "GenerationConfig", "TaskSpec", "load_questions", "answer_questions",
            "fidelity_summary", "judge_answers"]
@@ -65,7 +71,7 @@ def _question(row: dict, where: str) -> Question:
 def load_questions(spec: TaskSpec, limit: int | None = 1000, seed: int = 1234,
                    data_dir: str | None = None) -> tuple[list[Question], str, Path | None]:
     """Questions from a FastChat question.jsonl (file or folder) or the Hub (English only), and the local file."""
-    rows, source, path = source_rows(spec, data_dir)
+    rows, source, path = source_rows(MTBench(), spec, data_dir)
     questions = [_question(row, where) for row, where in rows]
     if not questions:
         raise LensError(f"{source}: no questions (empty file?)")
@@ -146,8 +152,8 @@ class MTBench(GenerationBenchmark):
         ctx.identify, ctx.glotlid  # noqa: B018 (built now so a missing backend fails first)
         judge = ctx.cfg.judge
         if judge.enabled:
-            local = data_path(spec, ctx.cfg.data_dir)
-            question_file = resolve_local(spec, local) if local is not None else None
+            local = data_path(self, spec, ctx.cfg.data_dir)
+            question_file = resolve_local(self, spec, local) if local is not None else None
             load_judge_prompts(judge.prompts or find_judge_prompts(question_file))
             JudgeClient(judge)
 

@@ -9,8 +9,14 @@ a lower-cased first letter as the continuation.
 from __future__ import annotations
 
 from lensml.errors import LensError
-from lensml.evaluation.benchmarks.base import (HubSource, MCItem, MultipleChoiceBenchmark, label_field, letter_message,
-                                               text_field)
+from lensml.evaluation.benchmarks.base import (
+    HubSource,
+    MCItem,
+    MultipleChoiceBenchmark,
+    label_field,
+    letter_message,
+    text_field,
+)
 
 #: lm-eval's XCOPA connectors (lm_eval/tasks/xcopa/utils.py); English as in its COPA task.
 XCOPA_CONNECTORS: dict[str, tuple[str, str]] = {

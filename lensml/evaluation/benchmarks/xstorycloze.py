@@ -11,8 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from lensml.evaluation.benchmarks.base import (HubSource, MCItem, MultipleChoiceBenchmark, label_field, letter_message,
-                                               read_table, text_field)
+from lensml.evaluation.benchmarks.base import (
+    HubSource,
+    MCItem,
+    MultipleChoiceBenchmark,
+    label_field,
+    letter_message,
+    read_table,
+    text_field,
+)
 
 _STORY_ORIGINAL = {"InputSentence1": "input_sentence_1", "InputSentence2": "input_sentence_2",
                    "InputSentence3": "input_sentence_3", "InputSentence4": "input_sentence_4",

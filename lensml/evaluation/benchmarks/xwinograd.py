@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Iterator
 
 from lensml.errors import LensError
-from lensml.evaluation.benchmarks.base import (HubSource, MCItem, MultipleChoiceBenchmark, label_field, letter_message,
-                                               text_field)
+from lensml.evaluation.benchmarks.base import (
+    HubSource,
+    MCItem,
+    MultipleChoiceBenchmark,
+    label_field,
+    letter_message,
+    text_field,
+)
 
 
 class XWinograd(MultipleChoiceBenchmark):

@@ -12,10 +12,14 @@ from contextlib import nullcontext
 
 import torch
 
+from lensml.data.loaders import embedded_rows
 from lensml.errors import LensError
-from lensml.runtime.models import decoder_of, input_device
-from lensml.methods.steer.hooks import Steering, SteerConfig, SteeringHandle
+from lensml.evaluation.degeneration import degeneration
 from lensml.lens.subspace import LanguageSubspace
+from lensml.methods.steer.hooks import SteerConfig, Steering, SteeringHandle
+from lensml.runtime.generation import generate_answers
+from lensml.runtime.langid import LanguageIdentifier
+from lensml.runtime.models import decoder_of, input_device
 from lensml.runtime.templating import encode_prompts, length_sorted_batches, pad, render, tokenize_rendered
 
 log = logging.getLogger(__name__)
@@ -84,10 +88,6 @@ def choose_strength(model, tokenizer, subspace: LanguageSubspace, prompts_by_lan
     pushed off the data the layers were trained on). Never the held-out prompts: those are
     what the quick evaluation scores.
     """
-    from lensml.evaluation.degeneration import degeneration
-    from lensml.runtime.generation import generate_answers
-    from lensml.runtime.langid import LanguageIdentifier
-
     central = subspace.central
     prompts = {lang: ps[:cfg.select_prompts] for lang, ps in prompts_by_lang.items() if ps}
     targets = [lang for lang in prompts if lang != central]
@@ -151,7 +151,6 @@ def read_off_accuracy(model, tokenizer, steering: Steering, prompts_by_lang: dic
     """Share of prompts per language whose language the hooks read off right (default: the embedded held-out
     prompts of the subspace's languages), through the same hooks and padding as generation."""
     if prompts_by_lang is None:
-        from lensml.data.loaders import embedded_rows
         rows = embedded_rows("heldout")
         prompts_by_lang = {lang: [r[lang] for r in rows] for lang in steering.subspace.languages if lang in rows[0]}
     unknown = sorted(set(prompts_by_lang) - set(steering.subspace.languages))

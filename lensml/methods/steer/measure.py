@@ -93,56 +93,79 @@ def choose_strength(model, tokenizer, subspace: LanguageSubspace, prompts_by_lan
     targets = [lang for lang in prompts if lang != central]
     if not targets:
         raise LensError("choosing a steering strength needs prompts in at least one target language")
-    ident = LanguageIdentifier("lingua")
-
-    def answer(ps: list[str], desc: str) -> list[str]:
-        return generate_answers(model, tokenizer, ps, cfg.select_tokens, batch_size=len(ps), desc=desc)
-
-    def length(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    # Central prompts all read off as central get delta_c = 0, exactly nothing added: no cost to measure.
-    read_right = (cfg.lang is None and central in prompts and read_off_accuracy(
-        model, tokenizer, Steering(subspace, cfg), {central: prompts[central]})[central] == 1.0)
-    measure_central = central in prompts and not read_right
-    base = {lang: answer(ps, f"select {lang}") for lang, ps in prompts.items() if lang != central or measure_central}
-    base_nll = answer_nll(model, tokenizer, prompts[central], base[central]) if measure_central else None
+    trial = _StrengthTrial(model, tokenizer, subspace, cfg, prompts)
     table: list[dict] = []
     for strength in sorted(set(cfg.grid)):
         if table and all(v["clean"] == 0 for v in table[-1]["languages"].values()) and table[-1]["strength"] > 0:
             break  # every target lost every clean answer at a smaller lambda: past the breakdown
-        row: dict = {"strength": strength, "languages": {}}
-        for lang in targets:
-            answers = base[lang]
-            if strength > 0:  # adding 0 leaves every state as it is
-                with Steering(subspace, dataclasses.replace(cfg, strength=strength, lang=lang)).attach(model):
-                    answers = answer(prompts[lang], f"select {lang} x{strength:g}")
-            right = [d == lang for d in ident.batch(answers)]
-            bad = degeneration(prompts[lang], answers)["degenerate"]
-            short = [2 * length(a) < length(b) for a, b in zip(answers, base[lang])]
-            clean = [r and not g and not c for r, g, c in zip(right, bad, short)]
-            row["languages"][lang] = {k: sum(v) / len(v) for k, v in
-                                      (("fidelity", right), ("clean", clean), ("short", short))}
-        for key in ("fidelity", "clean", "short"):
-            row[key] = sum(v[key] for v in row["languages"].values()) / len(targets)
-        row["central_nll_change"], row["central_read_off_all_right"] = 0.0, read_right
-        if base_nll:
-            with Steering(subspace, dataclasses.replace(cfg, strength=strength)).attach(model) as handle:
-                row["central_nll"] = answer_nll(model, tokenizer, prompts[central], base[central], handle)
-            row["central_nll_change"] = row["central_nll"] / base_nll - 1
-        row["eligible"] = row["central_nll_change"] <= cfg.english_tolerance
+        row = trial.row(strength, targets)
         log.info("steer strength %g: clean %.3f, fidelity %.3f, short %.3f, %s NLL change %+.2f%%", strength,
                  row["clean"], row["fidelity"], row["short"], central, 100 * row["central_nll_change"])
         table.append(row)
+    best = _pick(table, central, cfg.english_tolerance)
+    return best["strength"], table
+
+
+class _StrengthTrial:
+    """The unsteered answers (and the central NLL) measured once; then one table row per strength."""
+
+    def __init__(self, model, tokenizer, subspace: LanguageSubspace, cfg: SteerConfig, prompts: dict[str, list[str]]):
+        self.model, self.tokenizer, self.subspace, self.cfg, self.prompts = model, tokenizer, subspace, cfg, prompts
+        self.ident = LanguageIdentifier("lingua")
+        central = subspace.central
+        # Central prompts all read off as central get delta_c = 0, exactly nothing added: no cost to measure.
+        self.read_right = (cfg.lang is None and central in prompts and read_off_accuracy(
+            model, tokenizer, Steering(subspace, cfg), {central: prompts[central]})[central] == 1.0)
+        measure_central = central in prompts and not self.read_right
+        self.base = {lang: self.answer(ps, f"select {lang}") for lang, ps in prompts.items()
+                     if lang != central or measure_central}
+        self.base_nll = answer_nll(model, tokenizer, prompts[central], self.base[central]) if measure_central else None
+
+    def answer(self, ps: list[str], desc: str) -> list[str]:
+        return generate_answers(self.model, self.tokenizer, ps, self.cfg.select_tokens, batch_size=len(ps), desc=desc)
+
+    def length(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def target(self, lang: str, strength: float) -> dict[str, float]:
+        """Fidelity, clean and short shares of lang's answers with lang steered at strength."""
+        answers = self.base[lang]
+        if strength > 0:  # adding 0 leaves every state as it is
+            steering = Steering(self.subspace, dataclasses.replace(self.cfg, strength=strength, lang=lang))
+            with steering.attach(self.model):
+                answers = self.answer(self.prompts[lang], f"select {lang} x{strength:g}")
+        right = [d == lang for d in self.ident.batch(answers)]
+        bad = degeneration(self.prompts[lang], answers)["degenerate"]
+        short = [2 * self.length(a) < self.length(b) for a, b in zip(answers, self.base[lang])]
+        clean = [r and not g and not c for r, g, c in zip(right, bad, short)]
+        return {k: sum(v) / len(v) for k, v in (("fidelity", right), ("clean", clean), ("short", short))}
+
+    def row(self, strength: float, targets: list[str]) -> dict:
+        row: dict = {"strength": strength, "languages": {lang: self.target(lang, strength) for lang in targets}}
+        for key in ("fidelity", "clean", "short"):
+            row[key] = sum(v[key] for v in row["languages"].values()) / len(targets)
+        row["central_nll_change"], row["central_read_off_all_right"] = 0.0, self.read_right
+        if self.base_nll:
+            central = self.subspace.central
+            with Steering(self.subspace, dataclasses.replace(self.cfg, strength=strength)).attach(self.model) as handle:
+                row["central_nll"] = answer_nll(self.model, self.tokenizer, self.prompts[central], self.base[central],
+                                                handle)
+            row["central_nll_change"] = row["central_nll"] / self.base_nll - 1
+        row["eligible"] = row["central_nll_change"] <= self.cfg.english_tolerance
+        return row
+
+
+def _pick(table: list[dict], central: str, tolerance: float) -> dict:
+    """The highest clean share within the central-NLL tolerance; ties: higher fidelity, then smaller lambda."""
     eligible = [r for r in table if r["eligible"]]
     if not eligible:
         log.warning("every steering strength raises the %s NLL by more than %g: taking the one that raises it least",
-                    central, cfg.english_tolerance)
+                    central, tolerance)
         eligible = [min(table, key=lambda r: r["central_nll_change"])]
     best = max(eligible, key=lambda r: (r["clean"], r["fidelity"], -r["strength"]))
     for r in table:
         r["chosen"] = r is best
-    return best["strength"], table
+    return best
 
 
 @torch.no_grad()

@@ -72,10 +72,8 @@ def main() -> int:
             for k, v in model.state_dict().items():
                 v.copy_(original[k])
         method = methods.get(name)
-        options = {"steer": SteerConfig(strength=0.5), "xsft": None}.get(name)
-        if method.options_section == "sft":
-            from lensml.methods.sft import SFTConfig
-            options = SFTConfig()
+        config = methods.registration(name).config
+        options = SteerConfig(strength=0.5) if name == "steer" else config() if config else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.synchronize(device)

@@ -23,9 +23,9 @@ from lensml import distributed
 from lensml.errors import LensError
 from lensml.io import append_jsonl
 from lensml.lens.losses import LossConfig
+from lensml.progress import progress
 from lensml.runtime.models import steady_attention
 from lensml.runtime.optim import make_optimizer
-from lensml.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +80,13 @@ def default_lr(num_parameters: int) -> float:
     return math.exp(math.log(small[1]) + t * (math.log(large[1]) - math.log(small[1])))
 
 
-SMALL_MODEL = 1e9  # below this, the retain defaults measured on SmolLM2-135M apply
-
-
 def size_defaults(cfg: TrainConfig, num_parameters: int) -> TrainConfig:
-    """Fill the options left unset (None) by model size: the one place defaults are resolved.
+    """Fill the shared options left unset (None) by model size: the learning rate (default_lr).
 
-    Large models (the paper's 7-8B) get the paper's and authors' values: lr 1e-5,
-    L3 on mean-pooled states, lambda3 = 1. Small models need a larger step, and then
-    the authors' mean-pooled retain term lets English drift (measured on SmolLM2-135M:
-    English fidelity 100% -> 57.5%, answer NLL +10.9%); holding the last token too with
-    lambda3 = 10 keeps English intact (NLL -0.3%).
+    A method's own options are its own to resolve: LENS's loss options (train.loss.retain,
+    lambda3) in lensml.methods.lens.size_defaults.
     """
-    small = num_parameters < SMALL_MODEL
-    loss = dataclasses.replace(cfg.loss,
-                               retain=cfg.loss.retain or ("both" if small else "mean"),
-                               lambda3=cfg.loss.lambda3 if cfg.loss.lambda3 is not None else (10.0 if small else 1.0))
-    return dataclasses.replace(cfg, lr=cfg.lr if cfg.lr is not None else default_lr(num_parameters), loss=loss)
+    return dataclasses.replace(cfg, lr=cfg.lr if cfg.lr is not None else default_lr(num_parameters))
 
 
 @dataclass

@@ -21,8 +21,23 @@ def test_defaults_follow_the_paper_and_authors():
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.weight_decay, cfg.train.warmup_ratio) == (1, 8, 0.1, 0.05)
     assert cfg.train.start_layer == -2 and cfg.central == "en"
     assert (cfg.train.loss.lambda1, cfg.train.loss.reduction, cfg.train.loss.normalize_agnostic) == (1.0, "mean", True)
-    # lr, retain and lambda3 are filled in by model size (lensml.training.size_defaults).
+    # lr (lensml.training.size_defaults), retain and lambda3 (lensml.methods.lens.size_defaults) are filled in by model size.
     assert cfg.train.lr is None and cfg.train.loss.retain is None and cfg.train.loss.lambda3 is None
+
+
+def test_the_manifest_config_keeps_its_keys_and_order():
+    """RunConfig is built from the registry now (recipes.config.run_config_class): the manifest's "config" is as before."""
+    import lensml
+    from lensml.config import to_dict
+    from lensml.recipes.config import RunConfigBase, run_config_class
+
+    assert list(to_dict(RunConfig())) == ["method", "model", "langs", "central", "probe_data", "train_data", "out",
+                                          "overwrite", "push_to_hub", "gguf_out", "push_patch", "probe", "train",
+                                          "eval", "benchmarks", "sft", "steer"]
+    assert run_config_class() is RunConfig is lensml.RunConfig and issubclass(RunConfig, RunConfigBase)
+    assert lensml.load_config is load_config and type(load_config(None, {})) is RunConfig
+    cfg = RunConfig(langs=["zh", "ja"], method="xsft")
+    assert cfg.sft.max_response_tokens == 192 and cfg.steer.strength is None and cfg.languages == ["en", "zh", "ja"]
 
 
 def test_every_option_has_help():

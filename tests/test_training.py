@@ -5,6 +5,7 @@ from lensml.lens.losses import LossConfig
 from lensml.runtime.models import ModelConfig, load_model
 from lensml.lens.probing import ProbeConfig, probe
 from lensml.lens.reference_cache import build_cache
+from lensml.methods import lens
 from lensml.methods.lens import evaluate_loss, train
 from lensml.training import TrainConfig, default_lr, size_defaults
 
@@ -40,12 +41,15 @@ def test_training_lowers_loss_and_freezes_the_rest(tiny_llama, parallel_data):
 
 
 def test_size_defaults():
-    small = size_defaults(TrainConfig(), 135_000_000)
+    """The shared default (lr) is training's; LENS's loss options are LENS's own to resolve."""
+    small = lens.size_defaults(TrainConfig(), 135_000_000)
     assert abs(small.lr - 1e-3) < 1e-12 and (small.loss.retain, small.loss.lambda3) == ("both", 10.0)
-    large = size_defaults(TrainConfig(), 8_000_000_000)
+    large = lens.size_defaults(TrainConfig(), 8_000_000_000)
     assert abs(large.lr - 1e-5) < 1e-15 and (large.loss.retain, large.loss.lambda3) == ("mean", 1.0)
-    mine = size_defaults(TrainConfig(lr=2e-4, loss=LossConfig(retain="last", lambda3=3.0)), 135_000_000)
+    mine = lens.size_defaults(TrainConfig(lr=2e-4, loss=LossConfig(retain="last", lambda3=3.0)), 135_000_000)
     assert (mine.lr, mine.loss.retain, mine.loss.lambda3) == (2e-4, "last", 3.0)
+    shared = size_defaults(TrainConfig(), 135_000_000)
+    assert shared.lr == small.lr and (shared.loss.retain, shared.loss.lambda3) == (None, None)
 
 
 def test_default_lr_by_size():

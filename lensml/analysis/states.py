@@ -19,12 +19,13 @@ import torch
 
 from lensml.data.loaders import load_rows
 from lensml.errors import LensError
-from lensml.runtime.models import ModelConfig, input_device, load_model
-from lensml.runtime.topblock import shared_prefix
-from lensml.runtime.shared_prefix import batch_for
 from lensml.lens.probing import last_token_states
 from lensml.progress import progress
+from lensml.results.rundir import RunDir
+from lensml.runtime.models import ModelConfig, input_device, load_model
+from lensml.runtime.shared_prefix import batch_for
 from lensml.runtime.templating import encode_prompts, length_sorted_batches
+from lensml.runtime.topblock import shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,17 @@ NOT_A_RUN = "pass a folder written by `lens run` or `lens train`"
 class RunFolder:
     """The parts of a run folder the analysis reads, checked before any model loads."""
 
-    path: Path
+    rundir: RunDir
     base_model: str
     config: dict
 
     @property
+    def path(self) -> Path:
+        return self.rundir.path
+
+    @property
     def model_dir(self) -> Path:
-        return self.path / "model"
+        return self.rundir.model
 
     @property
     def languages(self) -> list[str]:
@@ -76,23 +81,14 @@ class RunFolder:
 
 def read_run(path: str | Path) -> RunFolder:
     """The run folder at path, or a one-line LensError naming what is missing and the fix."""
-    path = Path(path)
-    if not path.is_dir():
-        raise LensError(f"run folder {path} does not exist or is not a folder: {NOT_A_RUN}")
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise LensError(f"{path} has no manifest.json, so it is not a run folder: {NOT_A_RUN}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise LensError(f"{manifest_path} is not valid JSON: rerun the job that wrote {path}") from err
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("base_model"), str) \
-            or not isinstance(manifest.get("config"), dict):
-        raise LensError(f"{manifest_path} names no base_model or config: {NOT_A_RUN}")
-    if not (path / "model" / "config.json").is_file():
+    run = RunDir(path)
+    manifest = run.read_manifest(NOT_A_RUN)
+    if not isinstance(manifest.get("base_model"), str) or not isinstance(manifest.get("config"), dict):
+        raise LensError(f"{run.manifest} names no base_model or config: {NOT_A_RUN}")
+    if run.model_or_none() is None:
         kind = manifest.get("kind", "unknown")
-        raise LensError(f"{path} has no trained model in model/ (a '{kind}' folder): {NOT_A_RUN}")
-    return RunFolder(path, manifest["base_model"], manifest["config"])
+        raise LensError(f"{run.path} has no trained model in model/ (a '{kind}' folder): {NOT_A_RUN}")
+    return RunFolder(run, manifest["base_model"], manifest["config"])
 
 
 def held_out_prompts(run: RunFolder, data: str | None = None, samples: int | None = None) -> tuple[dict[str, list[str]], str]:

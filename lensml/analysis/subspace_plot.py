@@ -25,6 +25,7 @@ from lensml.analysis.separation import chance_share, pca_2d, resolve_layers, sep
 from lensml.analysis.states import held_out_prompts, model_states, read_run
 from lensml.errors import LensError
 from lensml.io import TMP_MARK, check_writable, finite, write_json_atomic
+from lensml.results.plots import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,9 @@ def _umask() -> int:
     return mask
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_pca(doc: dict, languages: list[str], path: Path, title: str = "") -> None:
     """One row per layer, base | enhanced, points coloured by language (central language as crosses)."""
-    plt = _pyplot()
+    plt = pyplot("subspace pictures")
     rows = doc["pca"]
     fig, axes = plt.subplots(len(rows), 2, figsize=(9, 3.6 * len(rows)), squeeze=False)
     labels = np.asarray(doc["labels"])
@@ -119,7 +113,7 @@ def plot_pca(doc: dict, languages: list[str], path: Path, title: str = "") -> No
 
 def plot_separation(doc: dict, path: Path, title: str = "") -> None:
     """Language share of variance (with its chance level) and the Fisher-style ratio, per layer and side."""
-    plt = _pyplot()
+    plt = pyplot("subspace pictures")
     from matplotlib.ticker import LogFormatter, MaxNLocator
 
     class Plain(LogFormatter):  # matplotlib's choice of which log ticks to label, written as 20, not 2x10^1
@@ -158,7 +152,7 @@ def plot_subspace(run_dir, layers: list[int] | None = None, data: str | None = N
     data, samples: held-out prompts other than those the run evaluated on.
     """
     run = read_run(run_dir)
-    out = run.path / "analysis"
+    out = run.rundir.analysis
     check_outputs(out, overwrite)
     known = run.num_layers()
     if known is not None:

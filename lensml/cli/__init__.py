@@ -12,10 +12,16 @@ import signal
 import sys
 import threading
 
-from lensml.cli.args import add_config_arguments, config_from
+from lensml.cli.args import add_config_arguments, config_from, method_sections, run_titles
+from lensml.cli.chat import chat
+from lensml.cli.eval import add_eval_commands
+from lensml.cli.plot import add_plot_command
+from lensml.cli.sweep import add_sweep_command
 from lensml.errors import LensError
-
-RUN_SECTIONS = ["model", "data", "probe", "train", "loss", "sft", "steer", "eval", "benchmarks", "output"]
+from lensml.recipes.apply import apply_job
+from lensml.recipes.probe import probe_job
+from lensml.recipes.run import run
+from lensml.recipes.train import train_job
 
 
 class Terminated(Exception):
@@ -27,7 +33,6 @@ def _on_sigterm(_signum, _frame):
 
 
 def cmd_run(args) -> int:
-    from lensml.recipes.run import run
     cfg = config_from(args)
     report = run(cfg)
     if report is not None:
@@ -37,7 +42,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from lensml.recipes.probe import probe_job
     cfg = config_from(args)
     sub = probe_job(cfg)
     print(f"subspace: {sub.num_layers} layers, d={sub.hidden_size}, languages {','.join(sub.languages)}, "
@@ -47,7 +51,6 @@ def cmd_probe(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from lensml.recipes.train import train_job
     cfg = config_from(args)
     report = train_job(cfg, args.subspace)
     if report is not None:
@@ -57,13 +60,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    from lensml.recipes.apply import apply_job
     print(f"wrote {apply_job(args.patch, args.base, args.out, args.overwrite, args.dtype, args.device)}")
     return 0
 
 
 def cmd_chat(args) -> int:
-    from lensml.cli.chat import chat
     return chat(args.model, args.base, args.compare, args.prompt, args.max_new_tokens, args.steer, args.steer_lang,
                 args.steer_strength)
 
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", parents=[verbose], usage="lens run [options]",
                        help="probe, evaluate, train, save and evaluate again (default: SmolLM2-135M, en -> zh)")
-    add_config_arguments(p, RUN_SECTIONS)
+    add_config_arguments(p, list(run_titles()))  # every section, the registered methods' included
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("probe", parents=[verbose], usage="lens probe [options]",
                        help="probe a model: OUT/subspace and OUT/manifest.json")
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[verbose], usage="lens train --subspace DIR [options]",
                        help="train with a probed subspace: OUT/model, OUT/subspace, report and manifest")
     p.add_argument("--subspace", help="folder written by `lens probe` or `lens run` (or its subspace/ folder)")
-    add_config_arguments(p, ["model", "data", "train", "loss", "output"], only={"langs", "central", "train_data"})
+    add_config_arguments(p, ["model", "data", "train", "loss", *method_sections(), "output"],
+                         only={"langs", "central", "train_data"})
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("chat", parents=[verbose], usage="lens chat MODEL [options]",
                        help="answer prompts with a model; --compare shows the base model beside it")
@@ -112,11 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="dtype to load the base in; must match the patch's (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
     p.set_defaults(func=cmd_apply)
-    from lensml.cli.eval import add_eval_commands
     add_eval_commands(sub, parents=[verbose])
-    from lensml.cli.plot import add_plot_command
     add_plot_command(sub, parents=[verbose])
-    from lensml.cli.sweep import add_sweep_command
     add_sweep_command(sub, parents=[verbose])
     return parser
 

@@ -10,33 +10,40 @@ Conventions: one flag per option, `--section.field-name` (dashes; the underscore
 spelling is accepted but not shown), a few short aliases for the common ones
 (`--lr`, `--langs`), `--x/--no-x` for switches (`--train.no-x` when dotted), one default shown per option, and a
 usage line that does not change between calls.
+
+The methods' own sections (`--sft.*`, `--steer.*`, any method registered later) come from the
+registry (lensml.methods), titles included; an option whose section has no title stops the
+parser from being built, rather than its flags silently missing from the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from lensml import methods
 from lensml.config import iter_fields
+from lensml.recipes.config import ALIASES, load_config, run_config_class
 
-from lensml.recipes.config import RunConfig, load_config
-
-#: Help sections in the order `--help` shows them.
+#: Help sections of RunConfig's own options; the methods' sections (methods.section_titles) follow "loss".
 SECTIONS = {
     "model": "model", "data": "data", "probe": "probing", "train": "training", "loss": "LENS loss",
     "eval": "quick evaluation (held-out prompts answered before and after training)",
-    "benchmarks": "benchmarks (scored before and after training, into OUT/eval)",
-    "sft": "fine-tuning baselines (--method xsft, xsft-full, qalign)",
-    "steer": "training-free steering (--method steer)", "output": "output",
-}
-ALIASES = {
-    "model.model": ["--model"], "model.gguf": ["--gguf"], "model.template": ["--template"], "model.device": ["--device"],
-    "model.dtype": ["--dtype"], "model.trust_remote_code": ["--trust-remote-code"],
-    "train.lr": ["--lr"], "train.loss.lambdas": ["--lambda"], "train.loss.lambda1": ["--lambda1"],
-    "train.loss.lambda3": ["--lambda3"], "train.loss.retain": ["--retain"], "train.start_layer": ["--start-layer"],
-    "train.epochs": ["--epochs"], "train.samples": ["--train-samples"], "probe.samples": ["--probe-samples"],
-    "benchmarks.tasks": ["--eval-tasks"],
+    "benchmarks": "benchmarks (scored before and after training, into OUT/eval)", "output": "output",
 }
 PREFIX = "cfg:"
+
+
+def run_titles() -> dict[str, str]:
+    """Every help section of RunConfig, titled, in --help order: the registered methods' right after the LENS loss."""
+    order = list(SECTIONS)
+    cut = order.index("loss") + 1
+    return {**{s: SECTIONS[s] for s in order[:cut]}, **methods.section_titles(),
+            **{s: SECTIONS[s] for s in order[cut:]}}
+
+
+def method_sections() -> list[str]:
+    """The registered methods' option sections (sft, steer, ...), for a subcommand that trains."""
+    return list(methods.sections())
 
 
 class Switch(argparse.Action):
@@ -76,15 +83,22 @@ def _fmt_default(value) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str], only: set[str] | None = None,
-                         cls=RunConfig, tag: str = "run", prefix: str = "", titles: dict[str, str] | None = None,
+                         cls=None, tag: str = "run", prefix: str = "", titles: dict[str, str] | None = None,
                          sectioner=None, hidden: dict[str, str] | None = None, config_file: bool = True) -> None:
     """One flag per leaf option of cls whose section is listed (and, in the data section, whose name is in only).
 
+    cls defaults to RunConfig with every method registered now, titles to its sections (run_titles);
     prefix is put before every dotted name (ModelConfig under "model." gives --model.device);
     hidden maps extra accepted-but-unlisted spellings (older flags) to dotted names.
+    An option whose section has no title is a ValueError: a subcommand may leave a section out,
+    but no section may be missing from every command line by accident.
     """
-    titles = titles or SECTIONS
+    cls = cls or run_config_class()
+    titles = titles or run_titles()
     sectioner = sectioner or section_of
+    unknown = [s for s in sections if s not in titles]
+    if unknown:
+        raise ValueError(f"help section '{unknown[0]}' has no title: add it to lensml.cli.args.SECTIONS")
     groups = {s: parser.add_argument_group(titles[s]) for s in sections}
     if config_file:
         parser.add_argument("--config", metavar="YAML", help="YAML file with any of the options below (flags win)")
@@ -93,6 +107,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str], o
         dotted = prefix + name
         types[name] = tp
         section = sectioner(dotted, f)
+        if section not in titles:
+            raise ValueError(f"option {dotted} is in section '{section}', which has no help title: add it to "
+                             f"lensml.cli.args.SECTIONS, or register its method's config with lensml.methods.register")
         if section not in groups or (only is not None and dotted not in only and section == "data"):
             continue
         help_text = f.metadata.get("help", "")
@@ -125,6 +142,6 @@ def overrides_of(args: argparse.Namespace, tag: str = "run") -> dict[str, object
     return {k[len(head):]: v for k, v in vars(args).items() if k.startswith(head)}
 
 
-def config_from(args: argparse.Namespace, cls=RunConfig, tag: str = "run"):
-    """Defaults, then --config YAML, then the flags that were given."""
+def config_from(args: argparse.Namespace, cls=None, tag: str = "run"):
+    """Defaults, then --config YAML, then the flags that were given (cls: RunConfig with every method registered now)."""
     return load_config(getattr(args, "config", None), overrides_of(args, tag), cls)

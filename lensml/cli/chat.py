@@ -8,33 +8,28 @@ base model is loaded from the manifest and steered with its own settings.
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 from lensml.errors import LensError
+from lensml.methods.steer.hooks import Steering
+from lensml.results.rundir import RunDir
 from lensml.runtime.generation import generate_answers
 from lensml.runtime.models import ModelConfig, load_model
 
 
 def model_folder(spec: str) -> str:
     """A run folder means its model/ (lens run and lens train write OUT/model)."""
-    path = Path(spec)
-    if (path / "manifest.json").is_file() and (path / "model" / "config.json").is_file():
-        return str(path / "model")
-    return spec
+    run = RunDir(spec)
+    model = run.model_or_none() if run.manifest.is_file() else None
+    return str(model) if model is not None else spec
 
 
 def base_of(model_spec: str) -> str:
-    """The base model of a run, read from the manifest.json of the run folder (OUT or OUT/model's parent)."""
-    path = Path(model_spec)
-    for candidate in (path / "manifest.json", path.parent / "manifest.json"):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text(encoding="utf-8"))["base_model"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise LensError(f"{candidate} names no base model: pass --base") from err
-    raise LensError(f"no manifest.json in or beside {model_spec} to find the base model: pass --base")
+    """The base model of a run, read from the manifest of the run folder (OUT, or the parent of OUT/model)."""
+    run = RunDir.containing(model_spec)
+    if run is None:
+        raise LensError(f"no manifest.json in or beside {model_spec} to find the base model: pass --base")
+    return run.base_model(fix="pass --base")
 
 
 def _load(spec: str):
@@ -42,24 +37,16 @@ def _load(spec: str):
     return load_model(cfg)
 
 
-def is_steer_run(spec: str) -> bool:
-    """A `lens run --method steer` folder: a manifest and steering settings, no model of its own."""
-    path = Path(spec)
-    return ((path / "manifest.json").is_file() and (path / "steering" / "steering.json").is_file()
-            and not (path / "model" / "config.json").is_file())
-
-
 def chat(model_spec: str, base_spec: str | None, compare: bool, prompts: list[str] | None, max_new_tokens: int,
          steer: str | None = None, steer_lang: str | None = None, steer_strength: float | None = None) -> int:
     if max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if is_steer_run(model_spec):  # its model is the base, steered with its own settings unless --steer says otherwise
+    if RunDir(model_spec).is_steer_run():  # its model is the base, steered with its own settings unless --steer says otherwise
         steer, model_spec = steer or model_spec, base_of(model_spec)
     if steer is None and (steer_lang is not None or steer_strength is not None):
         raise LensError("--steer-lang and --steer-strength need --steer RUN_OR_SUBSPACE")
     steering = None
     if steer is not None:  # before anything loads
-        from lensml.methods.steer.hooks import Steering
         steering = Steering.from_pretrained(steer, strength=steer_strength, lang=steer_lang)
     base = (base_spec or (None if steering else base_of(model_spec))) if compare else None
     prompts = prompts or [line.strip() for line in sys.stdin if line.strip()]

@@ -26,8 +26,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from lensml.cli.args import add_config_arguments, overrides_of
 from lensml.errors import LensError
-from lensml.evaluation import tasks
+from lensml.evaluation import benchmarks, tasks
+from lensml.evaluation.suite import EvalConfig, evaluate, judge_failures
+from lensml.methods.steer.hooks import Steering
+from lensml.recipes.config import load_config
+from lensml.results.benchmark_results import comparison_table
+from lensml.results.benchmark_table import write_table
+from lensml.results.method_table import compare_runs, output_paths
+from lensml.results.rundir import RunDir
+from lensml.runtime.models import ModelConfig, load_model
 
 #: Earlier flat flag names -> dotted option; accepted, hidden from --help.
 _OLD_FLAGS = {"mode": "scoring.mode", "batch_size": "scoring.batch_size", "max_length": "scoring.max_length",
@@ -44,11 +55,6 @@ def _eval_section(dotted: str, _field) -> str:
 
 
 def add_eval_commands(subparsers, parents=()) -> None:
-    from lensml.cli.args import add_config_arguments
-    from lensml.evaluation import benchmarks
-    from lensml.evaluation.suite import EvalConfig
-    from lensml.runtime.models import ModelConfig
-
     shown = ", ".join(benchmarks.get(n).display_name for n in benchmarks.names())
     p = subparsers.add_parser("eval", parents=list(parents), usage="lens eval --tasks TASKS --out FILE [options]",
                               help=f"benchmarks ({shown}) -> result JSON")
@@ -82,8 +88,6 @@ def add_eval_commands(subparsers, parents=()) -> None:
 
 def format_results(doc: dict) -> str:
     """The printout of `lens eval`: one line per result entry, worded by its benchmark."""
-    from lensml.evaluation import benchmarks
-
     lines = [f"model: {doc['model']}   device: {doc.get('device')}"]
     for e in doc["results"]:
         benchmark = benchmarks.find(e["task"])
@@ -94,11 +98,6 @@ def format_results(doc: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from lensml.cli.args import overrides_of
-    from lensml.recipes.config import load_config
-    from lensml.evaluation.suite import EvalConfig, evaluate, judge_failures
-    from lensml.runtime.models import ModelConfig, load_model
-
     out = Path(args.out)
     if out.is_dir():
         raise LensError(f"--out {out} is a directory: give a file name such as {out / 'results.json'}")
@@ -110,7 +109,6 @@ def cmd_eval(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise LensError(f"--threads must be at least 1, got {args.threads}")
-        import torch
         torch.set_num_threads(args.threads)
     model, tok, name = load_model(model_cfg)
     if steering is not None:
@@ -135,17 +133,13 @@ def _steering(args, cfg):
         if lang is not None or strength is not None:
             raise LensError("--steer-lang and --steer-strength need --steer RUN_OR_SUBSPACE")
         return None
-    from lensml.methods.steer.hooks import Steering
 
     tasks.check_steerable(cfg)
     return Steering.from_pretrained(steer, strength=strength, lang=lang)
 
 
 def cmd_compare(args) -> int:
-    from lensml.results.benchmark_table import comparison_table, write_table
-    from lensml.results.method_table import compare_runs, is_run_folder, output_paths
-
-    if all(is_run_folder(f) for f in args.files):  # runs of `lens run`: the methods table (Tables 1 and 5)
+    if all(RunDir(f).is_run() for f in args.files):  # runs of `lens run`: the methods table (Tables 1 and 5)
         print(compare_runs(args.files, args.out, args.overwrite), end="")
         if args.out:
             print("wrote " + ", ".join(str(p) for p in output_paths(args.out).values()))

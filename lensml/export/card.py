@@ -1,9 +1,11 @@
-"""The model card of a run (OUT/model/README.md) and publishing to the Hub.
+"""The card of a run and publishing to the Hub.
 
 The card is what a person reads on the Hub: Hub metadata (base model, languages,
 library, tags, the base's licence where known) and what was done, with the run's
-before/after table. Publishing is checked before any work starts (token, Hub
-reachable) so that a run never ends half-published.
+before/after table. It sits beside what the run ships (RunDir.card): OUT/model/README.md
+when weights changed; OUT/steering/README.md for steering, which changes no weight and
+ships settings to load with the base model instead. Publishing is checked before any
+work starts (token, Hub reachable) so that a run never ends half-published.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import logging
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
+
 from lensml import __version__
 from lensml.errors import LensError
+from lensml.io import write_text_atomic
 from lensml.results.report import RunReport
+from lensml.results.rundir import RunDir
+from lensml.runtime.models import _hub_error, bound_hub_requests
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,49 @@ model = AutoModelForCausalLM.from_pretrained("{{ repo }}")
 tokenizer = AutoTokenizer.from_pretrained("{{ repo }}")
 ```
 
-Made with lensml {{ version }} (`lens run`); the run's report.json and manifest.json hold every number above.
+Made with lensml {{ version }} (`{{ job }}`); the run's report.json and manifest.json hold every number above.
+"""
+
+STEERING_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+{{ summary }}
+
+## What was done
+
+{{ details }}
+
+## Before and after
+
+Held-out prompts answered greedily by the base model without and with the steering hooks (lensml's
+quick check: fidelity = answers in the prompt's language; clean = in the right language and neither
+an echo of the prompt nor a loop; NLL = the base model's own English answers, unsteered and steered).
+The "enhanced" columns are the steered model.
+
+{{ table }}
+
+## Use
+
+No weight changed, so there is no model to download: load the base model `{{ base }}` and switch the
+hooks on with this folder (`steering.json`: the settings; `subspace/`: the probed language subspace).
+{{ fetch }}
+```bash
+lens chat {{ run }} --prompt "..."                                   # the run folder: its base model, steered
+lens chat {{ base }} --steer {{ steering }} --compare --prompt "..."  # steered beside unsteered
+```
+
+```python
+from lensml import ModelConfig, load_model
+from lensml.methods.steer import Steering
+model, tokenizer, name = load_model(ModelConfig({{ load }}="{{ base }}"))
+with Steering.from_pretrained("{{ steering }}").attach(model, name):
+    ...  # generate as usual: every answer is steered until the block ends
+```
+
+Made with lensml {{ version }} (`{{ job }}`); the run's report.json and manifest.json hold every number above.
 """
 
 
@@ -59,50 +108,115 @@ def _license(base: str) -> str | None:
     readme = Path(base) / "README.md"
     if readme.is_file():
         try:
-            from huggingface_hub import ModelCard
             return ModelCard.load(readme).data.to_dict().get("license")
         except Exception:  # noqa: BLE001 - a malformed base card only costs the licence line
             return None
     return None
 
 
-def write_model_card(directory: Path, report: RunReport, manifest: dict, repo: str | None = None) -> None:
-    """OUT/model/README.md from the run's report and manifest."""
-    from huggingface_hub import ModelCard, ModelCardData
+def write_card(run: RunDir, changes_weights: bool, report: RunReport, manifest: dict, repo: str | None = None) -> Path:
+    """The run's card beside what it ships (RunDir.card); returns its path."""
+    path = run.card(changes_weights)
+    if changes_weights:
+        write_model_card(path, report, manifest, repo)
+    else:
+        write_steering_card(path, report, manifest, repo)
+    return path
 
+
+def write_model_card(path: Path, report: RunReport, manifest: dict, repo: str | None = None) -> None:
+    """The card of a model whose weights the run changed (OUT/model/README.md)."""
     base = report.model
-    is_hub_id = base.count("/") == 1 and not Path(base).exists()
-    cfg = manifest.get("config", {})
-    data = ModelCardData(base_model=base if is_hub_id else None, language=report.languages,
-                         library_name="transformers", license=_license(base),
-                         tags=["lensml", f"lensml-{report.method}", "multilingual"])
     train = report.train
     details = "\n".join([
-        f"- Method: `{report.method}`; central language `{report.central}`; target languages "
-        f"{', '.join(f'`{lang}`' for lang in report.languages if lang != report.central)}.",
+        _languages_line(report),
         f"- Trained {train.steps} optimiser steps at peak learning rate {train.lr:.2e}; "
         f"{100 * train.trainable_share:.2f}% of the parameters ({train.trainable_parameters:,} of "
         f"{train.total_parameters:,}) changed." if train else "- Not trained.",
-        f"- Probe data: `{cfg.get('probe_data')}`; training data: `{cfg.get('train_data')}`"
-        f" (probe text hashes: {manifest.get('data', {}).get('probe')}).",
+        _data_line(manifest),
         f"- Options (resolved): `{manifest.get('train_resolved', {})}`.",
         f"- Wall time: {report.timings_s.get('total', 0):.0f} s.",
     ])
     card = ModelCard.from_template(
-        data, template_str=TEMPLATE, title=f"{base} + {report.method}",
+        _card_data(report, "transformers", []), template_str=TEMPLATE, title=f"{base} + {report.method}",
         summary=f"`{base}` with its language representations edited by lensml ({report.method}) so that it "
-                f"answers better in {', '.join(lang for lang in report.languages if lang != report.central)}.",
-        details=details, table=report.table(), repo=repo or "PATH/TO/model", version=__version__)
-    (directory / "README.md").write_text(str(card), encoding="utf-8")
+                f"answers better in {', '.join(_targets(report))}.",
+        details=details, table=report.table(), repo=repo or "PATH/TO/model", version=__version__,
+        job=_job(manifest, ""))
+    write_text_atomic(path, str(card))
+
+
+def write_steering_card(path: Path, report: RunReport, manifest: dict, repo: str | None = None) -> None:
+    """The card of a steering run (OUT/steering/README.md): no weight changed, so it says how to steer the base."""
+    base = report.model
+    resolved = manifest.get("train_resolved") or {}
+    steer = resolved.get("steer") or {}
+    strength = steer.get("strength")
+    chosen = (f"chosen by measurement on the training prompts among {steer.get('grid')}"
+              if resolved.get("measurement") else "as given (--steer.strength)")  # measured only when not given
+    lang = steer.get("lang")
+    total = report.train.total_parameters if report.train else 0
+    details = "\n".join([
+        _languages_line(report),
+        f"- Strength lambda = {strength if strength is not None else '?'} language gaps, {chosen}; added from probed "
+        f"layer {steer.get('start_layer')} on, pull {steer.get('pull')}; the language steered to is "
+        + (f"`{lang}` for every prompt." if lang else "read off each prompt's state."),
+        f"- No weight changed (0 of {total:,} parameters): the hooks act on the base model at inference.",
+        _data_line(manifest),
+        f"- Settings (resolved): `{steer}`.",
+        f"- Wall time: {report.timings_s.get('total', 0):.0f} s.",
+    ])
+    spec = manifest.get("base_model") or base  # what `lens chat` loads (a path, Hub id, packaged name or .gguf)
+    fetch = (f"\nThis folder is the Hub repository `{repo}`: `hf download {repo} --local-dir steering` fetches it "
+             f"(then `--steer steering`).\n" if repo else "")
+    card = ModelCard.from_template(
+        _card_data(report, None, ["steering"]), template_str=STEERING_TEMPLATE, title=f"{base} + steer",
+        summary=f"`{base}` steered at inference by lensml (steer): hooks add the probed language direction to the "
+                f"top layers' hidden states so that it answers better in {', '.join(_targets(report))}. "
+                f"No weight of the model changed; this folder holds the settings that reproduce the effect.",
+        details=details, table=report.table(), base=spec, load="gguf" if spec.endswith(".gguf") else "model",
+        run="PATH/TO/RUN",
+        steering="steering" if repo else "PATH/TO/RUN/steering", fetch=fetch, version=__version__,
+        job=_job(manifest, " --method steer"))
+    write_text_atomic(path, str(card))
+
+
+def _targets(report: RunReport) -> list[str]:
+    return [lang for lang in report.languages if lang != report.central]
+
+
+def _card_data(report: RunReport, library: str | None, tags: list[str]) -> ModelCardData:
+    base = report.model
+    is_hub_id = base.count("/") == 1 and not Path(base).exists()
+    return ModelCardData(base_model=base if is_hub_id else None, language=report.languages,
+                         library_name=library, license=_license(base),
+                         tags=["lensml", f"lensml-{report.method}", "multilingual", *tags])
+
+
+def _languages_line(report: RunReport) -> str:
+    return (f"- Method: `{report.method}`; central language `{report.central}`; target languages "
+            f"{', '.join(f'`{lang}`' for lang in _targets(report))}.")
+
+
+def _data_line(manifest: dict) -> str:
+    """Where the subspace and the training prompts came from: probed in the run, or given to `lens train`."""
+    cfg, data = manifest.get("config", {}), manifest.get("data", {})
+    if manifest.get("kind") == "train":
+        return f"- Subspace: `{data.get('subspace')}` (probed earlier); training data: `{cfg.get('train_data')}`."
+    return (f"- Probe data: `{cfg.get('probe_data')}`; training data: `{cfg.get('train_data')}`"
+            f" (probe text hashes: {data.get('probe')}).")
+
+
+def _job(manifest: dict, flags: str) -> str:
+    """The command that made the run: `lens run` or `lens train`, as the manifest records."""
+    return f"lens {manifest.get('kind', 'run')}{flags}"
 
 
 def check_push(repo_id: str) -> None:
     """Before any work: a token exists and the Hub answers; otherwise one line with the fix."""
     if repo_id.count("/") != 1:
         raise LensError(f"--push-to-hub {repo_id}: a Hub repository id is OWNER/NAME")
-    from huggingface_hub import HfApi, get_token
 
-    from lensml.runtime.models import _hub_error, bound_hub_requests
     if not (os.environ.get("HF_TOKEN") or get_token()):
         raise LensError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
     bound_hub_requests()
@@ -117,8 +231,6 @@ def check_push(repo_id: str) -> None:
 
 def push(folder: Path, repo_id: str) -> str:
     """Upload a finished folder; the local copy stays complete whatever happens."""
-    from huggingface_hub import HfApi
-
     try:
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from lensml import __version__
 from lensml.errors import LensError
 from lensml.io import dumps, staged_dir
+from lensml.results.rundir import RunDir
 
 WEIGHTS = "patch.safetensors"
 CONFIG = "patch_config.json"
@@ -60,8 +61,8 @@ def save_patch(model, originals: dict[str, torch.Tensor], directory: str | os.Pa
 
 def read_patch(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     directory = Path(directory)
-    if (directory / "patch").is_dir():  # a run folder
-        directory = directory / "patch"
+    if RunDir(directory).patch.is_dir():  # a run folder
+        directory = RunDir(directory).patch
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise LensError(f"{directory} is not a lensml patch (no {CONFIG} / {WEIGHTS}): point at OUT/patch of a run")
     try:

@@ -22,7 +22,7 @@ class LossConfig:
     """Weights and conventions of the LENS objective."""
 
     lambda1: float = field(default=1.0, metadata={"help": "weight of L1, the agnostic alignment term"})
-    lambda3: float | None = field(default=None, metadata={"help": "weight of L3, the central-language retain term (default: by model size, see training.size_defaults)"})
+    lambda3: float | None = field(default=None, metadata={"help": "weight of L3, the central-language retain term (default: by model size, see lensml.methods.lens.size_defaults)"})
     lambdas: dict[str, float] = field(default_factory=dict, metadata={"help": "per-language push lambda_l, e.g. zh=1,ja=0.6 (default 1)"})
     reduction: str = field(default="mean", metadata={"help": "mean: MSE over batch x d (authors); sum: squared norm per sample (paper)"})
     retain: str | None = field(default=None, metadata={"help": "L3 on mean-pooled states (authors), last token (paper Eq. 6), or both (default: by model size)"})
@@ -72,7 +72,7 @@ def specific_loss(x_l, x_l_ref, m_s, delta, lam: float, cfg: LossConfig) -> torc
 def retain_loss(x_c_last, x_c_last_ref, x_c_mean, x_c_mean_ref, cfg: LossConfig) -> torch.Tensor:
     """L3 = |x_c - x_c_ref|^2 on the last token, the token mean, or both (summed)."""
     if cfg.retain is None:
-        raise ValueError("LossConfig.retain is unresolved: fill it with lensml.training.size_defaults")
+        raise ValueError("LossConfig.retain is unresolved: fill it with lensml.methods.lens.size_defaults")
     terms = []
     if cfg.retain in ("mean", "both"):
         terms.append(_sq(x_c_mean - x_c_mean_ref, cfg.reduction))
@@ -96,7 +96,7 @@ def lens_loss(states: dict, refs: dict, central: str, a, m_s, deltas: dict, cfg:
     c, cr = states[central], refs[central]
     l3 = retain_loss(c["last"], cr["last"], c["mean"], cr["mean"], cfg)
     if cfg.lambda3 is None:
-        raise ValueError("LossConfig.lambda3 is unresolved: fill it with lensml.training.size_defaults")
+        raise ValueError("LossConfig.lambda3 is unresolved: fill it with lensml.methods.lens.size_defaults")
     total = cfg.lambda1 * l1 + l2 + cfg.lambda3 * l3
     return {"loss": total, "agnostic": l1, "specific": l2, "retain": l3}
 
@@ -106,7 +106,7 @@ class LensObjective:
     """The LENS loss together with its targets, so they travel as one object.
 
     a and M_s are the final-layer projectors and deltas the per-language directions
-    delta_l, all float32 on one device; cfg must be resolved (size_defaults).
+    delta_l, all float32 on one device; cfg must be resolved (lensml.methods.lens.size_defaults).
     """
 
     central: str

@@ -12,16 +12,16 @@ import json
 from dataclasses import dataclass, field
 
 import torch
-from lensml.progress import progress as tqdm
 
 from lensml import distributed
 from lensml.errors import LensError
-from lensml.runtime.topblock import TopBlock, capturing_all, shared_prefix
 from lensml.lens.reference_cache import ReferenceCache
+from lensml.lens.subspace import LanguageSubspace
+from lensml.progress import progress as tqdm
 from lensml.runtime.models import decoder_of, input_device, steady_attention
 from lensml.runtime.shared_prefix import batch_for, past_kwargs
-from lensml.lens.subspace import LanguageSubspace
 from lensml.runtime.templating import encode_prompts, length_sorted_batches
+from lensml.runtime.topblock import TopBlock, capturing_all, shared_prefix
 
 
 @dataclass

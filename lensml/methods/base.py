@@ -34,9 +34,14 @@ class MethodInputs:
 
 
 class Method(ABC):
-    """A training method; subclasses register themselves with lensml.methods.register."""
+    """A training method; one `lensml.methods.register(NAME, Class, Config)` line makes it runnable.
 
-    name: ClassVar[str]
+    The name and the options section are the registry's (lensml.methods), not the class's: one
+    class can then serve under a name chosen where it is registered, and nothing lists methods twice.
+    """
+
+    #: The registered name, set on the instance by lensml.methods.get.
+    name: str
     description: ClassVar[str]
     needs_subspace: ClassVar[bool] = True
     #: True when the method reads a lensml.lens.reference_cache.ReferenceCache (the recipe then may fill it while probing).
@@ -46,8 +51,6 @@ class Method(ABC):
     #: False for methods that leave the weights alone (steering): the recipe then writes no model copy,
     #: patch or GGUF, but calls save_pretrained for whatever reproduces the method's effect.
     changes_weights: ClassVar[bool] = True
-    #: The RunConfig section holding this method's own options (e.g. "sft", "steer"), None when it has none.
-    options_section: ClassVar[str | None] = None
 
     def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
         """Names of the parameters train() may change (what a patch is cut from). Default: all of them."""
@@ -58,12 +61,16 @@ class Method(ABC):
               log_path: Path | None = None, options=None) -> TrainResult:
         """Change model in place; per-step records go to log_path (JSONL) while training runs.
 
-        options is the method's own config (RunConfig section options_section), None when it has none.
+        options is the method's own config (its registered section of RunConfig), None when it has none.
         """
 
     def response_languages(self, languages: list[str], central: str, options=None) -> list[str]:
         """Languages whose responses the training data must hold (checked before the model loads)."""
         return []
+
+    def detach(self) -> None:
+        """Take off whatever train() left on the model besides its weights (hooks), so that the next
+        setting of a sweep starts from the plain model; weight-changing methods leave nothing."""
 
     def answer_nll(self, model, tokenizer, prompts: list[str], answer_ids: list[list[int]]) -> float | None:
         """The changed model's NLL of given answer tokens, for methods whose effect a plain teacher-forced forward

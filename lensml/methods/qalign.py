@@ -13,9 +13,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from lensml.methods import register
 from lensml.methods.base import MethodInputs
-from lensml.methods.sft import SFTConfig, _SFT, build_examples, fine_tune, responses_of, trainable
+from lensml.methods.sft import _SFT, SFTConfig, build_examples, fine_tune, responses_of, trainable
 from lensml.training import TrainConfig, TrainResult, size_defaults
 
 
@@ -31,9 +30,7 @@ def stage_pairs(rows: list[dict[str, str]], responses: list[dict[str, str]] | No
     return stage1, stage2
 
 
-@register
 class QAlignMethod(_SFT):
-    name = "qalign"
     description = "QAlign: train question translation (target -> central), then instruction-tune on the central language"
 
     def response_languages(self, languages: list[str], central: str, options: SFTConfig | None = None) -> list[str]:

@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lensml.runtime.topblock import TopBlock
 from lensml.errors import LensError
-from lensml.methods import register
 from lensml.methods.base import Method, MethodInputs
 from lensml.runtime.models import decoder_of, input_device
 from lensml.runtime.shared_prefix import after, batch_for, common_prefix_length, run_prefix, shareable
 from lensml.runtime.templating import length_sorted_batches, pad, render, tokenize_rendered
+from lensml.runtime.topblock import TopBlock
 from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
 
 IGNORE = -100
@@ -31,7 +30,11 @@ IGNORE = -100
 
 @dataclass
 class SFTConfig:
-    """Options of the fine-tuning baselines (xsft, xsft-full, qalign)."""
+    """Fine-tuning baselines.
+
+    One section for xsft, xsft-full and qalign (lensml.methods registers them all under `sft`):
+    they read responses the same way, so one setting of these options compares them fairly.
+    """
 
     include_central: bool = field(default=False, metadata={
         "help": "xsft: also train on the central language's (prompt, response) pairs"})
@@ -254,7 +257,6 @@ def responses_of(inputs: MethodInputs, langs: list[str], method: str) -> list[di
 class _SFT(Method):
     needs_subspace = False
     needs_responses = True
-    options_section = "sft"
     full: bool = False
 
     def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
@@ -291,14 +293,10 @@ class _SFT(Method):
         return fine_tune(model, tokenizer, examples, cfg, params, result, log_path, self.block(model, cfg))
 
 
-@register
 class XSFTMethod(_SFT):
-    name = "xsft"
     description = "xSFT: fine-tune LENS's trainable layers on target-language (prompt, response) pairs"
 
 
-@register
 class XSFTFullMethod(_SFT):
-    name = "xsft-full"
     description = "xSFT-Full: fine-tune every parameter on target-language (prompt, response) pairs"
     full = True

@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 
 from lensml.errors import LensError
-from lensml.runtime.models import load_model
-from lensml.recipes.stages import (check_output, output_dir, save_model)
+from lensml.export.patch import apply_patch, read_patch
+from lensml.recipes.stages import check_output, output_dir, save_model
+from lensml.runtime.models import ModelConfig, load_model
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +16,6 @@ log = logging.getLogger(__name__)
 def apply_job(patch_dir: str, base: str | None, out: str, overwrite: bool = False, dtype: str = "auto",
               device: str = "auto") -> Path:
     """`lens apply`: base model + patch -> a full enhanced checkpoint in OUT."""
-    from lensml.runtime.models import ModelConfig
-    from lensml.export.patch import apply_patch, read_patch
-
     patch_cfg, _ = read_patch(patch_dir)  # a broken patch fails before the model loads
     spec = base or patch_cfg.get("base_model")
     if not spec:

@@ -3,10 +3,20 @@
 It sits with the recipes because it gathers the configs of every layer below (model, probing,
 training, evaluation, the methods' own sections); the machinery that reads YAML and dotted
 overrides into any such tree is lensml.config.
+
+Why RunConfig is built, not written out: each registered method's options are a section of
+it (`sft`, `steer`, ...), and the registry (lensml.methods) is the one list of methods. So
+RunConfigBase holds the options every run has, and run_config_class() adds one field per
+registered section with dataclasses.make_dataclass, caching one class per set of sections.
+The module name RunConfig is that class for the built-in methods (same fields, order and
+to_dict output as when it was written by hand); what reads a config from YAML or the command
+line (load_config, lensml.cli) asks run_config_class() at that moment, so a method registered
+later (a plugin, a test) gets its section, its YAML key and its flags without any edit here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from lensml import config as _config
@@ -16,15 +26,32 @@ from lensml.evaluation.quick import QuickEvalConfig
 from lensml.evaluation.suite import EvalConfig
 from lensml.languages import check_languages
 from lensml.lens.probing import ProbeConfig
-from lensml.methods.sft import SFTConfig
-from lensml.methods.steer.hooks import SteerConfig
 from lensml.runtime.models import ModelConfig
 from lensml.training import TrainConfig
 
+#: Short spellings of common options (`--lr` for `--train.lr`): the command line's, and the sweep grid's names.
+ALIASES = {
+    "model.model": ["--model"], "model.gguf": ["--gguf"], "model.template": ["--template"], "model.device": ["--device"],
+    "model.dtype": ["--dtype"], "model.trust_remote_code": ["--trust-remote-code"],
+    "train.lr": ["--lr"], "train.loss.lambdas": ["--lambda"], "train.loss.lambda1": ["--lambda1"],
+    "train.loss.lambda3": ["--lambda3"], "train.loss.retain": ["--retain"], "train.start_layer": ["--start-layer"],
+    "train.epochs": ["--epochs"], "train.samples": ["--train-samples"], "probe.samples": ["--probe-samples"],
+    "benchmarks.tasks": ["--eval-tasks"],
+}
+
+
+def dotted_name(name: str) -> str:
+    """A person's spelling of an option -> its dotted name: `--lr`, `start-layer`, `train.start-layer` all
+    give train.start_layer (aliases, leading dashes and dashes in names accepted)."""
+    raw = name.strip().lstrip("-")
+    aliases = {alias[2:]: dotted for dotted, spellings in ALIASES.items() for alias in spellings}
+    return aliases.get(raw, raw.replace("-", "_"))
+
 
 @dataclass
-class RunConfig:
-    """Everything `lens run` does: probe, evaluate, train, save, evaluate again, report."""
+class RunConfigBase:
+    """Everything `lens run` does: probe, evaluate, train, save, evaluate again, report (the methods' own
+    sections are added by run_config_class)."""
 
     method: str = field(default="lens", metadata={"help": "how the model is changed: lens, or a baseline to compare with: xsft (fine-tune the same top layers on (prompt, response) pairs), xsft-full (every parameter), qalign (question translation, then English instruction tuning), steer (no training: add the language direction at inference)", "section": "train"})
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -41,8 +68,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: QuickEvalConfig = field(default_factory=QuickEvalConfig)
     benchmarks: EvalConfig = field(default_factory=EvalConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    steer: SteerConfig = field(default_factory=SteerConfig)
 
     def __post_init__(self):
         methods.get(self.method)  # unknown names fail here, listing the known ones
@@ -58,6 +83,34 @@ class RunConfig:
         return [self.central] + [lang for lang in self.langs if lang != self.central]
 
 
-def load_config(path: str | None, overrides: dict[str, object], cls=RunConfig):
-    """Defaults, then the YAML file, then command-line overrides; validated as a whole."""
-    return _config.load_config(path, overrides, cls)
+_CLASSES: dict[tuple, type] = {}
+
+
+def run_config_class() -> type[RunConfigBase]:
+    """RunConfig for the methods registered now: RunConfigBase plus one field per options section, in
+    registration order; the same class object for the same sections (equal configs compare equal)."""
+    sections = methods.sections()
+    key = tuple(sections.items())
+    if key not in _CLASSES:
+        own = {f.name for f in dataclasses.fields(RunConfigBase)}
+        clash = sorted(own & set(sections))
+        if clash:
+            raise ValueError(f"method options section '{clash[0]}' is an option of every run already: "
+                             f"register the method with another section name")
+        cls = dataclasses.make_dataclass(
+            "RunConfig", [(name, config, field(default_factory=config)) for name, config in sections.items()],
+            bases=(RunConfigBase,), namespace={"__doc__": RunConfigBase.__doc__})
+        cls.__module__ = __name__
+        _CLASSES[key] = cls
+    return _CLASSES[key]
+
+
+RunConfig = run_config_class()
+
+
+def load_config(path: str | None, overrides: dict[str, object], cls=None):
+    """Defaults, then the YAML file, then command-line overrides; validated as a whole.
+
+    cls: the config tree to build (default: RunConfig with every method registered now).
+    """
+    return _config.load_config(path, overrides, cls or run_config_class())

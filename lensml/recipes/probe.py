@@ -6,11 +6,13 @@ import logging
 from pathlib import Path
 
 from lensml import distributed
-from lensml.recipes.config import RunConfig
-from lensml.runtime.models import load_model
 from lensml.lens.probing import probe
-from lensml.recipes.stages import (Stages, check_output, load_inputs, output_dir, write_manifest)
 from lensml.lens.subspace import LanguageSubspace
+from lensml.recipes.config import RunConfig
+from lensml.recipes.finish import finish_run
+from lensml.recipes.stages import Stages, check_output, load_inputs, output_dir
+from lensml.results.rundir import RunDir
+from lensml.runtime.models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,9 @@ def probe_job(cfg: RunConfig) -> LanguageSubspace:
         with stages("probe"):
             subspace = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe, name, cfg.probe_data)
         if distributed.is_main():
-            subspace.save_pretrained(tmp / "subspace")
-            write_manifest(tmp, "probe", cfg, name, stages.total(),
-                           data={"probe": subspace.metadata.get("data_sha256"), "probe_source": cfg.probe_data})
+            run_dir = RunDir(tmp)
+            subspace.save_pretrained(run_dir.subspace)
+            finish_run(run_dir, "probe", cfg, name, stages,
+                       data={"probe": subspace.metadata.get("data_sha256"), "probe_source": cfg.probe_data})
     log.info("wrote %s", out)
     return subspace

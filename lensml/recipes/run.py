@@ -12,18 +12,28 @@ import logging
 from pathlib import Path
 
 from lensml import distributed, methods
-from lensml.recipes.config import RunConfig
 from lensml.evaluation import quick, tasks
-from lensml.io import write_json_atomic, write_jsonl_atomic
-from lensml.runtime.models import load_model
-from lensml.results.plots import plot_run
-from lensml.runtime.topblock import TopBlock
-from lensml.lens.reference_cache import empty_cache
-from lensml.export.card import check_push, push, write_model_card
+from lensml.evaluation.suite import evaluate
+from lensml.export.card import check_push, push
+from lensml.io import write_jsonl_atomic, write_text_atomic
 from lensml.lens.probing import probe, shares_prompts
-from lensml.recipes.stages import (Stages, check_output, load_inputs, method_inputs, output_dir, response_languages,
-                                   train_and_save, write_manifest)
-from lensml.results.report import RunReport, TrainSummary
+from lensml.lens.reference_cache import empty_cache
+from lensml.recipes.config import RunConfig
+from lensml.recipes.finish import Trained, finish_run, push_folder
+from lensml.recipes.stages import (
+    Stages,
+    check_output,
+    load_inputs,
+    method_inputs,
+    output_dir,
+    response_languages,
+    train_and_save,
+)
+from lensml.results.benchmark_table import comparison_table_of
+from lensml.results.report import SIDES, RunReport
+from lensml.results.rundir import RunDir
+from lensml.runtime.models import load_model
+from lensml.runtime.topblock import TopBlock
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ def run(cfg: RunConfig) -> RunReport | None:
         inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval,
                              responses=response_languages(method, cfg))
     with output_dir(out, cfg.overwrite) as tmp:
+        run_dir = RunDir(tmp)
         with stages("load_model"):
             model, tok, name = load_model(cfg.model)
         subspace = cache = None
@@ -56,7 +67,7 @@ def run(cfg: RunConfig) -> RunReport | None:
                 subspace = probe(model, tok, inputs.probe_texts, cfg.central, cfg.probe, name, cfg.probe_data,
                                  cache=cache)
                 if distributed.is_main():
-                    subspace.save_pretrained(tmp / "subspace")
+                    subspace.save_pretrained(run_dir.subspace)
         if do_eval:
             with stages("eval_base"):
                 start = TopBlock(model, cfg.train.start_layer).start if method.changes_weights else None
@@ -64,9 +75,9 @@ def run(cfg: RunConfig) -> RunReport | None:
         bench = {}
         if do_bench:
             with stages("benchmarks_base"):
-                bench["base"] = _benchmarks(model, tok, name, cfg, tmp / "eval" / "base")
+                bench["base"] = _benchmarks(model, tok, name, cfg, run_dir.eval_base)
         result = train_and_save(stages, method, model, tok, method_inputs(method, cfg, inputs, subspace, cache),
-                                cfg, name, tmp)
+                                cfg, name, run_dir)
         if result is None:
             return None
         quick_eval = None
@@ -74,36 +85,22 @@ def run(cfg: RunConfig) -> RunReport | None:
             with stages("eval_enhanced"):
                 after = quick.answer_after(model, tok, before, cfg.eval, nll=method.answer_nll)
                 quick_eval, rows = quick.compare(before, after, cfg.eval)
-            write_jsonl_atomic(tmp / "answers.jsonl", rows)
+            write_jsonl_atomic(run_dir.answers, rows)
         if do_bench:
             with stages("benchmarks_enhanced"):
-                bench["enhanced"] = _benchmarks(model, tok, f"{name} + {cfg.method}", cfg, tmp / "eval" / "enhanced")
-        timings = stages.total()
-        report = RunReport(model=name, central=cfg.central, languages=cfg.languages,
-                           train=TrainSummary(result.method, result.steps, result.lr, result.final,
-                                              result.trainable_parameters, result.total_parameters),
-                           quick_eval=quick_eval, benchmarks=bench or None, timings_s=timings)
-        if bench:
-            from lensml.results.benchmark_table import comparison_table_of
-            (tmp / "eval" / "compare.md").write_text(
-                comparison_table_of([bench["base"], bench["enhanced"]], ["base", "enhanced"]) + "\n", encoding="utf-8")
-        manifest = write_manifest(tmp, "run", cfg, name, {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
-                       train_resolved=result.resolved, losses=result.history,
-                       data={"probe": subspace.metadata.get("data_sha256") if subspace else None,
-                             "probe_source": cfg.probe_data, "train_source": cfg.train_data,
-                             "train_rows": len(inputs.train_rows)},
-                       trainable_parameters=result.trainable_parameters, total_parameters=result.total_parameters,
-                       trainable_share=result.trainable_share)
-        write_json_atomic(tmp / "report.json", report.to_dict())
-        if method.changes_weights:
-            write_model_card(tmp / "model", report, manifest, cfg.push_to_hub)
-        plot_run(report, result.history, tmp / "report.png")
+                bench["enhanced"] = _benchmarks(model, tok, f"{name} + {cfg.method}", cfg, run_dir.eval_enhanced)
+            write_text_atomic(run_dir.eval_compare,
+                              comparison_table_of([bench[side] for side in SIDES], list(SIDES)) + "\n")
+        report = finish_run(run_dir, "run", cfg, name, stages,
+                            data={"probe": subspace.metadata.get("data_sha256") if subspace else None,
+                                  "probe_source": cfg.probe_data, "train_source": cfg.train_data,
+                                  "train_rows": len(inputs.train_rows)},
+                            trained=Trained(method, result, quick_eval, bench), repo=cfg.push_to_hub)
     log.info("wrote %s", out)
     if cfg.push_to_hub:
-        log.info("pushed to %s", push(out / ("patch" if cfg.push_patch else "model"), cfg.push_to_hub))
+        log.info("pushed to %s", push(push_folder(RunDir(out), method, cfg.push_patch), cfg.push_to_hub))
     return report
 
 
 def _benchmarks(model, tok, name: str, cfg: RunConfig, out_dir: Path) -> dict:
-    from lensml.evaluation.suite import evaluate  # the benchmark suite; imported only when asked for
     return evaluate(model, tok, name, cfg.benchmarks, out_dir)

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
-from lensml import distributed
+from lensml import distributed, methods
 from lensml.config import to_dict
-from lensml.recipes.config import RunConfig
 from lensml.data.loaders import load_rows, load_texts
 from lensml.errors import LensError
-from lensml.io import check_free, check_writable, staged_dir, write_json_atomic
-from lensml.provenance import versions
+from lensml.export.gguf import export_gguf
+from lensml.export.patch import save_patch, snapshot
+from lensml.io import check_free, check_writable, staged_dir
+from lensml.methods import MethodInputs
+from lensml.recipes.config import RunConfig
+from lensml.results.rundir import RunDir
+from lensml.runtime.models import PACKAGED_MODELS, packaged_gguf
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ def load_inputs(cfg: RunConfig, probe: bool, train: bool, held_out: bool,
 
 
 def method_options(method, cfg: RunConfig):
-    """The method's own config section (RunConfig.sft, .steer), None for a method without one."""
-    return getattr(cfg, method.options_section) if method.options_section else None
+    """The method's own options: the section it is registered with (cfg.sft, cfg.steer, ...), None without one."""
+    return methods.options_of(method.name, cfg)
 
 
 def response_languages(method, cfg: RunConfig) -> list[str]:
@@ -97,7 +98,6 @@ def response_languages(method, cfg: RunConfig) -> list[str]:
 
 def method_inputs(method, cfg: RunConfig, inputs: Inputs, subspace=None, cache=None):
     """What a method's train() receives: the rows, languages, subspace, cache and (if it needs them) responses."""
-    from lensml.methods import MethodInputs
     responses = [r.get("responses") for r in inputs.train_rows] if method.needs_responses else None
     return MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace, cache, responses)
 
@@ -124,25 +124,9 @@ def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         yield tmp
 
 
-def peak_memory_gb() -> dict:
-    mem = {"host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
-    if torch.cuda.is_available():
-        mem["device_gb"] = torch.cuda.max_memory_allocated() / 1024 ** 3
-    return mem
-
-
 def save_model(model, tokenizer, directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-
-
-def write_manifest(directory: Path, kind: str, cfg: RunConfig, model_name: str, timings: dict, **extra) -> dict:
-    """manifest.json: what produced this folder. `base_model` is what `lens chat --compare` loads."""
-    doc = {"kind": kind, "base_model": cfg.model.gguf or cfg.model.model, "model_name": model_name,
-           "method": cfg.method, "config": to_dict(cfg), "versions": versions(), "timings_s": timings,
-           "peak_memory": peak_memory_gb(), **extra}
-    write_json_atomic(directory / "manifest.json", doc)
-    return doc
 
 
 def patch_info(cfg: RunConfig, model_name: str, names: list[str]) -> dict:
@@ -157,7 +141,6 @@ def patch_info(cfg: RunConfig, model_name: str, names: list[str]) -> dict:
 
 def gguf_source(cfg: RunConfig) -> Path | None:
     """The GGUF file the model was loaded from (--gguf or a packaged model), if any."""
-    from lensml.runtime.models import PACKAGED_MODELS, packaged_gguf
     if cfg.model.gguf:
         return Path(cfg.model.gguf)
     if cfg.model.model in PACKAGED_MODELS:
@@ -165,36 +148,33 @@ def gguf_source(cfg: RunConfig) -> Path | None:
     return None
 
 
-def write_gguf(cfg: RunConfig, model, directory: Path, patch_cfg: dict) -> dict | None:
-    """OUT/model.gguf for a model that came in as GGUF (see lensml.export.gguf)."""
+def write_gguf(cfg: RunConfig, model, run: RunDir, patch_cfg: dict) -> dict | None:
+    """OUT/model.gguf (RunDir.gguf) for a model that came in as GGUF (see lensml.export.gguf)."""
     source = gguf_source(cfg)
     if source is None or cfg.gguf_out == "none" or not patch_cfg.get("tensors"):
         return None
-    from lensml.export.gguf import export_gguf
-    return export_gguf(model, source, directory / "model.gguf", patch_cfg["tensors"], cfg.gguf_out)
+    return export_gguf(model, source, run.gguf, patch_cfg["tensors"], cfg.gguf_out)
 
 
-def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunConfig, model_name: str, tmp: Path):
+def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunConfig, model_name: str, run: RunDir):
     """Train with a method, then save what every trained run ships: OUT/model, OUT/patch, OUT/model.gguf
     (or, for a method that leaves the weights alone, OUT/steering: what reproduces its effect).
 
     Returns the TrainResult, or None on a non-main data-parallel process (which saves nothing).
     """
-    from lensml.export.patch import save_patch, snapshot
-
     names = method.trainable_names(model, cfg.train)
     originals = snapshot(model, names) if distributed.is_main() else {}
     with stages("train"):
-        result = method.train(model, tokenizer, inputs, cfg.train, log_path=tmp / "losses.jsonl",
+        result = method.train(model, tokenizer, inputs, cfg.train, log_path=run.losses,
                               options=method_options(method, cfg))
     if not distributed.is_main():
         return None
     if not method.changes_weights:  # steering: the subspace and settings reproduce it; no copy of the model
         with stages("save"):
-            method.save_pretrained(tmp / "steering")
+            method.save_pretrained(run.steering)
         return result
     with stages("save"):
-        save_model(model, tokenizer, tmp / "model")
-        patch_cfg = save_patch(model, originals, tmp / "patch", patch_info(cfg, model_name, names))
-        write_gguf(cfg, model, tmp, patch_cfg)
+        save_model(model, tokenizer, run.model)
+        patch_cfg = save_patch(model, originals, run.patch, patch_info(cfg, model_name, names))
+        write_gguf(cfg, model, run, patch_cfg)
     return result

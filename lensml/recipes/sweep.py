@@ -2,16 +2,19 @@
 
 Why not a loop over `lens run`: each run would load and probe the model, answer the
 held-out prompts with the base model and fill the reference cache again, most of a small
-model's run time. Here all of that happens once (one cache per distinct start layer,
+model's run time. Here all of that happens once (for LENS, one cache per distinct start layer,
 length, samples and system prompt; one forward fills the caches of every start layer,
 in the probing pass when it reads the training prompts), and each setting trains from the same original
-weights, restored in memory between settings. So only train.* options may vary. A
-failing setting (a non-finite loss) is recorded and the sweep goes on; OUT is atomic.
+weights, restored in memory between settings. So only train.* options and the method's own
+section (sft.*, steer.*, ...) may vary. Any registered method sweeps: one that needs no
+subspace is not probed, one that reads no reference cache gets none, and one that changes no
+weight (steering) takes its hooks off between settings (Method.detach). A failing setting
+(a non-finite loss) is recorded and the sweep goes on; OUT is atomic. The command line is
+lensml.cli.sweep.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import time
@@ -23,21 +26,19 @@ from pathlib import Path
 import torch
 import yaml
 
-from lensml import distributed
-from lensml.runtime.topblock import TopBlock
-from lensml.lens.reference_cache import empty_cache, fill_caches
-from lensml.cli.args import ALIASES, add_config_arguments, overrides_of
+from lensml import distributed, methods
 from lensml.config import coerce, iter_fields, to_dict
-from lensml.recipes.config import RunConfig, load_config
 from lensml.errors import LensError
 from lensml.evaluation import quick
 from lensml.io import staged_dir
-from lensml.methods import lens
-from lensml.runtime.models import decoder_of, load_model
 from lensml.lens.probing import probe, shares_prompts
+from lensml.lens.reference_cache import empty_cache, fill_caches
 from lensml.progress import progress
-from lensml.recipes.stages import Stages, check_output, load_inputs
-from lensml.results.sweep_plots import SettingResult, SweepResult, markdown_table, write_outputs
+from lensml.recipes.config import RunConfig, dotted_name, load_config, run_config_class
+from lensml.recipes.stages import Stages, check_output, load_inputs, method_inputs, method_options, response_languages
+from lensml.results.sweep_plots import SettingResult, SweepResult, write_outputs
+from lensml.runtime.models import decoder_of, load_model
+from lensml.runtime.topblock import TopBlock
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,18 @@ class Setting:
 def resolve_name(name: str) -> tuple[str, object]:
     """A grid name -> (dotted name, type). Aliases (lr, start-layer) and dashes are accepted;
     train.loss.lambdas.LANG sets one language's push weight."""
-    raw = name.strip().lstrip("-")
-    aliases = {alias[2:]: dotted for dotted, names in ALIASES.items() for alias in names}
-    dotted = aliases.get(raw, raw.replace("-", "_"))
-    types = {dotted_name: tp for dotted_name, tp, _default, _f in iter_fields(RunConfig)}
+    dotted = dotted_name(name)
+    types = {option: tp for option, tp, _default, _f in iter_fields(run_config_class())}
     if dotted.rpartition(".")[0] == LAMBDAS:
         return dotted, float
     if dotted not in types:
         raise LensError(f"unknown option '{name}' in the sweep grid: use the dotted names of lens run --help "
                         f"(e.g. train.lr, train.start_layer, train.loss.lambda3)")
-    if not dotted.startswith("train."):
+    own = list(methods.sections())
+    if not (dotted.startswith("train.") or dotted.partition(".")[0] in own):
         raise LensError(f"'{dotted}' cannot vary in a sweep: the probe and the base answers are shared by every "
-                        f"setting, so only train.* options can; set it once for all (--{dotted.replace('_', '-')})")
+                        f"setting, so only train.* options can, and a method's own ("
+                        f"{', '.join(s + '.*' for s in own)}); set it once for all (--{dotted.replace('_', '-')})")
     return dotted, types[dotted]
 
 
@@ -183,8 +184,9 @@ class SweepSpec:
     def plan(self, depth: int | None = None) -> list[tuple[Setting, RunConfig]]:
         """Every setting with its validated RunConfig (base options + the setting's, via load_config)."""
         base = load_config(self.config, self.overrides)
-        if base.method != "lens":
-            raise LensError(f"lens sweep trains with LENS; --method {base.method} is not supported here")
+        if "ablation" in self.presets and base.method != "lens":
+            raise LensError(f"--preset ablation switches off the LENS loss terms; --method {base.method} has none: "
+                            f"sweep its options with --grid instead")
         if not base.eval.enabled:
             raise LensError("a sweep compares settings by the quick evaluation: drop --eval.no-enabled")
         axes = [parse_grid(g) for g in self.grids] + (read_grid_file(self.grid_file) if self.grid_file else [])
@@ -206,11 +208,12 @@ class SweepSpec:
 
 
 class Originals:
-    """CPU copies of the trainable block and every parameter's requires_grad flag, put back in place."""
+    """CPU copies of the named parameters and every parameter's requires_grad flag, put back in place."""
 
-    def __init__(self, model, start: int):
+    def __init__(self, model, names: list[str]):
         self.flags = [(p, p.requires_grad) for p in model.parameters()]
-        self.saved = [(p, p.detach().to("cpu", copy=True)) for p in TopBlock(model, start).parameters()]
+        wanted = set(names)
+        self.saved = [(p, p.detach().to("cpu", copy=True)) for n, p in model.named_parameters() if n in wanted]
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -232,50 +235,66 @@ def _new_caches(model, tok, rows, cfg: RunConfig, keys: list[tuple]) -> list:
             for key in keys]
 
 
+def _span(names: list[str], depth: int) -> tuple[int, int]:
+    """(first trained decoder layer, 0-based; number of trained layers) read off parameter names
+    (depth and 0 for a method that trains none)."""
+    layers = {int(part) for n in names for prev, part in zip(n.split("."), n.split(".")[1:])
+              if prev == "layers" and part.isdigit()}
+    return (min(layers), len(layers)) if layers else (depth, 0)
+
+
 def sweep_model(model, tok, name: str, plan: list[tuple[Setting, RunConfig]], inputs, stages: Stages | None = None,
                 log_dir: Path | None = None) -> SweepResult:
-    """Probe, answer once with the base model, then train and evaluate every setting from the same weights."""
+    """Probe (if the method needs a subspace), answer once with the base model, then train and evaluate every
+    setting from the same weights (restored after each) and the plain model (a steering method's hooks taken off)."""
     stages = stages or Stages()
     base = plan[0][1]
+    method = methods.get(base.method)
     depth = len(decoder_of(model).layers)
-    starts = [TopBlock(model, cfg.train.start_layer).start for _, cfg in plan]  # a bad start layer fails now
-    caches, uses = {}, Counter(_cache_key(cfg.train, start) for (_, cfg), start in zip(plan, starts))
-    first, first_key = plan[0][1].train, _cache_key(plan[0][1].train, starts[0])
+    trained = [method.trainable_names(model, cfg.train) for _, cfg in plan]  # a bad start layer fails now
+    keys = [_cache_key(cfg.train, TopBlock(model, cfg.train.start_layer).start) if method.uses_reference_cache
+            else None for _, cfg in plan]
+    caches, uses = {}, Counter(key for key in keys if key is not None)
 
     def siblings(key: tuple) -> list[tuple]:  # caches one forward can fill with this one
         return [k for k in uses if k[1:] == key[1:] and uses[k] > 0 and k not in caches]
 
-    with stages("probe"):
-        if shares_prompts(inputs.probe_texts, base.probe, inputs.train_rows, first, base.languages):
-            keys = siblings(first_key)
-            caches.update(zip(keys, _new_caches(model, tok, inputs.train_rows, base, keys)))
-        subspace = probe(model, tok, inputs.probe_texts, base.central, base.probe, name, base.probe_data,
-                         cache=list(caches.values()) or None)
+    subspace = None
+    if method.needs_subspace:
+        with stages("probe"):
+            if keys[0] is not None and shares_prompts(inputs.probe_texts, base.probe, inputs.train_rows, base.train,
+                                                      base.languages):
+                first = siblings(keys[0])
+                caches.update(zip(first, _new_caches(model, tok, inputs.train_rows, base, first)))
+            subspace = probe(model, tok, inputs.probe_texts, base.central, base.probe, name, base.probe_data,
+                             cache=list(caches.values()) or None)
     with stages("eval_base"):
         before = quick.answer_before(model, tok, inputs.held_out, base.central, base.eval)
         base_eval, _ = quick.compare(before, before, base.eval)
-    originals = Originals(model, min(starts))
+    originals = Originals(model, sorted({n for names in trained for n in names}))
     result = SweepResult(name, base.central, base.languages, base_eval.base, base_eval.retention.base_nll, [])
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-    for i, ((setting, cfg), start) in enumerate(progress(list(zip(plan, starts)), desc="sweep"), 1):
-        res = SettingResult(i, setting.label, setting.overrides, start, depth - start, labels=setting.labels)
-        key, log_path = _cache_key(cfg.train, start), log_dir / f"{i:03d}.jsonl" if log_dir else None
+    for i, ((setting, cfg), names, key) in enumerate(progress(list(zip(plan, trained, keys)), desc="sweep"), 1):
+        res = SettingResult(i, setting.label, setting.overrides, *_span(names, depth), labels=setting.labels)
+        log_path = log_dir / f"{i:03d}.jsonl" if log_dir else None
+        method = methods.get(cfg.method)  # fresh: nothing of the previous setting's state carries over
         t = time.perf_counter()
         try:
-            if key not in caches:
+            if key is not None and key not in caches:
                 with stages("reference_cache"):
-                    keys = siblings(key)
-                    new = _new_caches(model, tok, inputs.train_rows, cfg, keys)
+                    new_keys = siblings(key)
+                    new = _new_caches(model, tok, inputs.train_rows, cfg, new_keys)
                     fill_caches(model, new, max(cfg.train.batch_size, 16))
-                    caches.update(zip(keys, new))
+                    caches.update(zip(new_keys, new))
             t = time.perf_counter()
             with stages("train"):
-                trained = lens.train(model, tok, subspace, inputs.train_rows, cfg.languages, cfg.central, cfg.train,
-                                     cache=caches[key], log_path=log_path)
-            res.train_s, res.steps, res.lr, res.final = time.perf_counter() - t, trained.steps, trained.lr, trained.final
+                trained_result = method.train(model, tok, method_inputs(method, cfg, inputs, subspace, caches.get(key)),
+                                              cfg.train, log_path=log_path, options=method_options(method, cfg))
+            res.train_s, res.steps = time.perf_counter() - t, trained_result.steps
+            res.lr, res.final = trained_result.lr, trained_result.final
             with stages("eval_enhanced"):
-                after = quick.answer_after(model, tok, before, base.eval)
+                after = quick.answer_after(model, tok, before, base.eval, nll=method.answer_nll)
                 res.quick, rows = quick.compare(before, after, base.eval)
             result.answers += [{"setting": i, **row} for row in rows]
             log.info("setting %d/%d (%s): %s", i, len(plan), res.label, res.summary(base.central))
@@ -286,10 +305,12 @@ def sweep_model(model, tok, name: str, plan: list[tuple[Setting, RunConfig]], in
                 res.steps = len(log_path.read_text(encoding="utf-8").splitlines())
             log.warning("setting %d/%d (%s) failed: %s", i, len(plan), res.label, res.error)
         finally:
+            method.detach()
             originals.restore()
-            uses[key] -= 1
-            if not uses[key]:
-                caches.pop(key, None)  # no later setting needs it
+            if key is not None:
+                uses[key] -= 1
+                if not uses[key]:
+                    caches.pop(key, None)  # no later setting needs it
         result.settings.append(res)
     return result
 
@@ -302,9 +323,11 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
     out = Path(spec.out)
     check_output(out, spec.overwrite)
     stages = Stages()
+    method = methods.get(plan[0][1].method)
     widest = max(plan, key=lambda sc: float("inf") if sc[1].train.samples is None else sc[1].train.samples)[1]
+    responses = list(dict.fromkeys(lang for _, cfg in plan for lang in response_languages(method, cfg)))
     with stages("data"):
-        inputs = load_inputs(widest, probe=True, train=True, held_out=True)
+        inputs = load_inputs(widest, probe=method.needs_subspace, train=True, held_out=True, responses=responses)
     with staged_dir(out, spec.overwrite) as tmp:
         with stages("load_model"):
             model, tok, name = load_model(plan[0][1].model)
@@ -317,32 +340,3 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
         write_outputs(result, tmp)
     log.info("wrote %s", out)
     return result
-
-
-def add_sweep_command(subparsers, parents=()) -> None:
-    """`lens sweep`: the base options of lens run (without benchmarks and output), the grid, --out."""
-    p = subparsers.add_parser("sweep", parents=list(parents),
-                              usage="lens sweep (--grid NAME=V1,V2 | --grid-file YAML | --preset layers|ablation) "
-                                    "[options]",
-                              help="train many settings from one probe and compare them (layer sweep, ablations)")
-    g = p.add_argument_group("sweep")
-    g.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                   help="a train.* option over values, e.g. train.lr=3e-4,1e-3 or train.start_layer=-1,-2,-4 "
-                        "(repeatable: the cartesian product; ';' separates values that hold commas)")
-    g.add_argument("--grid-file", metavar="YAML", help="YAML: option -> list of values, or a list of settings")
-    g.add_argument("--preset", action="append", default=[], choices=PRESETS,
-                   help="layers: train the top 1, 2, 4, ... layers; ablation: full loss, without L1, without the "
-                        "push (lambda_l = 0), without L3 (repeatable, combined with the grids)")
-    g.add_argument("--out", default="runs/sweep", help="output folder (default: runs/sweep)")
-    g.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                   help="replace an existing --out, once the new one is complete (default: False)")
-    add_config_arguments(p, ["model", "data", "probe", "train", "loss", "eval"])
-    p.set_defaults(func=cmd_sweep)
-
-
-def cmd_sweep(args) -> int:
-    spec = SweepSpec(getattr(args, "config", None), overrides_of(args), args.grid, args.grid_file, args.preset,
-                     args.out, args.overwrite)
-    print(markdown_table(run_sweep(spec)))
-    print(f"wrote {spec.out}")
-    return 0

@@ -1,9 +1,6 @@
-"""`lens compare`: result JSONs and runs side by side, shaped like Table 1 of the LENS paper.
+"""`lens compare` of benchmark results: result documents side by side, shaped like Table 1 of the LENS paper.
 
-A run folder (or its report.json) of `lens run --eval-tasks` counts as two rows: its
-base and its enhanced model, read from the RunReport.
-
-Rows are the files (models); columns are each benchmark per language (En | Zh ...),
+The documents come from `lens eval` files or runs (lensml.results.benchmark_results reads them). Rows are the files (models); columns are each benchmark per language (En | Zh ...),
 then per-language and overall averages of the multiple-choice accuracies, then the
 generation benchmarks (MT-Bench) as "score (fidelity %)". A Δ row under each later
 file gives its difference from the first file, so a before/after table reads at a
@@ -14,7 +11,6 @@ Column names and kinds come from the benchmark registry; a task lensml does not 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lensml.errors import LensError
@@ -34,51 +30,6 @@ def _is_generation(task: str, entries: list[dict]) -> bool:
     if benchmark is not None:
         return benchmark.kind == GENERATION
     return any(e.get("mode") == "generate" for e in entries if e["task"] == task)
-
-
-def _check_result(doc, where: str) -> dict:
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise LensError(f"{where} is not a lens eval result (no 'results' list)")
-    for i, entry in enumerate(doc["results"]):
-        for key in ("task", "language", "value"):
-            if key not in entry:
-                raise LensError(f"{where}: result {i} has no '{key}'")
-    return doc
-
-
-def load_results(path: str | Path) -> list[tuple[str, dict]]:
-    """(label, result) pairs of a `lens eval` result file, or of a run (its folder or report.json).
-
-    A run gives two rows, its base and its enhanced model, read from the RunReport; a run
-    without --eval-tasks has no benchmark results and is refused with a clear message.
-    """
-    from lensml.results.report import RunReport
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "report.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise LensError(f"result file {path} does not exist") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LensError(f"{path} is not valid JSON: point at a lens eval result or a run folder") from err
-    if not (isinstance(doc, dict) and "schema_version" in doc):
-        return [(f"{doc.get('model', '?') if isinstance(doc, dict) else '?'} ({path.name})",
-                 _check_result(doc, str(path)))]
-    report = RunReport.from_file_doc(doc, path)
-    if not report.benchmarks:
-        raise LensError(f"run {path.parent} has no benchmark results: run it with --eval-tasks, or `lens eval` its model")
-    return [(f"{report.model} ({path.parent.name}: {side})", _check_result(result, f"{path} ({side})"))
-            for side, result in report.benchmarks.items()]
-
-
-def load_result(path: str | Path) -> dict:
-    """A single `lens eval` result document."""
-    rows = load_results(path)
-    if len(rows) != 1:
-        raise LensError(f"{path} holds {len(rows)} results (a run): use load_results")
-    return rows[0][1]
 
 
 def _lang_order(langs: list[str]) -> list[str]:
@@ -103,14 +54,6 @@ def _mt_cell(entry: dict | None, base: dict | None = None) -> str:
     d_score = score - b_score if score is not None and b_score is not None else None
     d_fid = fid - b_fid if fid is not None and b_fid is not None else None
     return f"{_fmt(d_score, 2, True)} ({_fmt(d_fid, 1, True)})"
-
-
-def comparison_table(paths: list[str | Path]) -> str:
-    """The Markdown table (with a short legend) comparing the given result files."""
-    if not paths:
-        raise LensError("lens compare needs at least one result file or run folder")
-    rows = [row for p in paths for row in load_results(p)]
-    return comparison_table_of([doc for _, doc in rows], [label for label, _ in rows])
 
 
 def comparison_table_of(docs: list[dict], labels: list[str]) -> str:

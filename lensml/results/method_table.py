@@ -15,13 +15,15 @@ trainable-parameter share, peak memory).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lensml.data.readers import read_json
 from lensml.errors import LensError
+from lensml.io import write_json_atomic, write_text_atomic
+from lensml.results.benchmark_table import comparison_table_of
+from lensml.results.plots import pyplot
 from lensml.results.report import LanguageScores, RunReport
+from lensml.results.rundir import RunDir
 
 
 @dataclass
@@ -46,14 +48,13 @@ class RunRow:
 
 
 def load_run(path: str | Path) -> RunRow:
-    """A `lens run` folder with report.json and manifest.json and a quick evaluation."""
-    path = Path(path)
+    """A `lens run` folder with a report, a manifest and a quick evaluation."""
+    run = RunDir(path)
+    path = run.path
     if not path.is_dir():
         raise LensError(f"{path} is not a run folder: `lens compare` of methods takes folders written by `lens run`")
-    report = RunReport.load(path)
-    if not (path / "manifest.json").is_file():
-        raise LensError(f"{path} has no manifest.json: point at a folder written by `lens run`")
-    manifest = read_json(path / "manifest.json")  # names the file and line of bad JSON or UTF-8
+    report = RunReport.load(run.path)
+    manifest = run.read_manifest("point at a folder written by `lens run`")  # names the file and line of bad JSON
     if report.quick_eval is None:
         raise LensError(f"run {path} has no quick evaluation (it ran with --eval.no-enabled): re-run it with the "
                         f"evaluation on to compare it")
@@ -163,7 +164,6 @@ def group_markdown(g: Group) -> str:
                      f"{fmt(r['host_gb'], '{:.2f}')} | {fmt(r['device_gb'], '{:.2f}')} |")
     bench = [row for row in g.rows if row.report.benchmarks and "enhanced" in row.report.benchmarks]
     if bench:
-        from lensml.results.benchmark_table import comparison_table_of
         docs = [bench[0].report.benchmarks["base"]] + [row.report.benchmarks["enhanced"] for row in bench]
         lines += ["", comparison_table_of(docs, ["base"] + [row.label for row in bench])]
     return "\n".join(lines)
@@ -181,10 +181,9 @@ def methods_json(groups: list[Group]) -> dict:
 
 def plot_methods(groups: list[Group], path: Path) -> None:
     """Grouped bars: clean fidelity per language and method, and the central language's NLL change beside."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("methods picture")
+    if plt is None:
+        return
     fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False,
                              gridspec_kw={"width_ratios": [3, 1.2]})
     for (ax, ax_r), g in zip(axes, groups):
@@ -210,15 +209,6 @@ def plot_methods(groups: list[Group], path: Path) -> None:
     plt.close(fig)
 
 
-def is_run_folder(path: str | Path) -> bool:
-    """A folder written by `lens run` (report.json + manifest.json of kind "run")."""
-    path = Path(path)
-    try:
-        return path.is_dir() and json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("kind") == "run"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def output_paths(out: str | Path) -> dict[str, Path]:
     """--out NAME.md writes NAME.md, NAME.json, NAME.png; any other --out is a folder holding compare.*."""
     out = Path(out)
@@ -228,8 +218,6 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 
 def compare_runs(paths: list[str | Path], out: str | Path | None = None, overwrite: bool = False) -> str:
     """The methods table of run folders; with out, also written as Markdown, JSON and a picture."""
-    from lensml.io import write_json_atomic, write_text_atomic
-
     if not paths:
         raise LensError("lens compare needs at least one run folder")
     groups = group_runs([load_run(p) for p in paths])

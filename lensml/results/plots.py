@@ -10,14 +10,26 @@ from lensml.results.report import RunReport
 log = logging.getLogger(__name__)
 
 
-def plot_run(report: RunReport, history: list[dict], path: Path) -> bool:
-    """Write OUT/report.png; returns False (and logs why) when matplotlib is missing."""
+def pyplot(what: str = "pictures"):
+    """matplotlib's pyplot on the Agg backend (files, no window), or None (logged) when it cannot be imported.
+
+    Imported when a picture is drawn, not with lensml: `import lensml` and the runs that draw nothing
+    never load matplotlib or touch a notebook's backend.
+    """
     try:
-        import matplotlib
+        import matplotlib  # lazy on purpose, see above
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.info("matplotlib is not installed: no report.png (pip install matplotlib)")
+        log.info("matplotlib is not installed: no %s (pip install matplotlib)", what)
+        return None
+    return plt
+
+
+def plot_run(report: RunReport, history: list[dict], path: Path) -> bool:
+    """Write OUT/report.png; returns False (and logs why) when matplotlib is missing."""
+    plt = pyplot("report.png")
+    if plt is None:
         return False
     quick = report.quick_eval
     has_eval = quick is not None

@@ -1,7 +1,7 @@
 """The report of a run: one typed object that the CLI table, the plot, `lens compare` and sweeps read.
 
 `RunReport.to_dict()` is what OUT/report.json holds (with a schema version, so
-readers can tell formats apart); `RunReport.load(path)` reads it back. Nothing else
+readers can tell formats apart); `RunReport.load(OUT or OUT/report.json)` reads it back. Nothing else
 builds or parses report dictionaries by hand.
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 from lensml.errors import LensError
 from lensml.evaluation.scores import METRICS, LanguageScores, QuickEval, Retention
+from lensml.results.benchmark_table import comparison_table_of
+from lensml.results.rundir import RunDir
 
 SCHEMA_VERSION = 2
 SIDES = ("base", "enhanced")
@@ -76,10 +78,12 @@ class RunReport:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunReport":
-        """From report.json or a run folder holding one."""
+        """From report.json, or a run folder holding one (where: lensml.results.rundir.RunDir)."""
         path = Path(path)
         if path.is_dir():
-            path = path / "report.json"
+            path = RunDir(path).report
+            if not path.is_file():
+                raise LensError(f"{path.parent} has no report.json: pass a folder written by `lens run` or `lens train`")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as err:
@@ -111,7 +115,6 @@ class RunReport:
             lines.append(f"{self.central} answer NLL: base {r.base_nll:.4f}, enhanced {r.enhanced_nll:.4f} "
                          f"({100 * r.relative_change:+.2f}%)")
         if self.benchmarks and all(side in self.benchmarks for side in SIDES):
-            from lensml.results.benchmark_table import comparison_table_of
             lines.append(comparison_table_of([self.benchmarks[s] for s in SIDES], list(SIDES)))
         if self.train is not None:
             final = self.train.final.get("loss")

@@ -17,8 +17,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lensml.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lensml.evaluation.scores import METRICS, LanguageScores, QuickEval
+from lensml.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from lensml.results.plots import pyplot
 
 log = logging.getLogger(__name__)
 FORMAT = {"format": "lensml-sweep", "version": 1}
@@ -149,20 +150,9 @@ def write_outputs(result: SweepResult, directory: Path) -> list[Path]:
 
 # --- pictures -------------------------------------------------------------------------------
 
-def _pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no sweep pictures (pip install matplotlib)")
-        return None
-    return plt
-
-
 def plot_sweep(result: SweepResult, directory: Path) -> list[Path]:
     """layers.png when the start layer varies, ablation.png for the ablation preset, tradeoff.png always."""
-    plt = _pyplot()
+    plt = pyplot("sweep pictures")
     if plt is None or not result.ok:
         return []
     written = []

@@ -6,7 +6,8 @@ import json
 import pytest
 
 import lensml.cli as cli
-from lensml.analysis import add_plot_command, plot_subspace
+from lensml.analysis import plot_subspace
+from lensml.cli.plot import add_plot_command
 from tests.recipes.test_run import common
 
 PNG = b"\x89PNG"

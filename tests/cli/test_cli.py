@@ -1,13 +1,18 @@
 """The `lens` command line: help a person can read, flags from the dataclasses, one-line errors."""
 
+import argparse
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from lensml import methods
 from lensml.cli import build_parser, main
+from lensml.cli.args import add_config_arguments
 from lensml.lens.subspace import LanguageSubspace
+from lensml.recipes.config import RunConfigBase
 from tests.recipes.test_run import common, no_leftovers
 
 
@@ -19,13 +24,45 @@ def _help(*argv) -> str:
 def test_run_help_is_grouped_stable_and_shows_one_default_each():
     first, second = _help("run"), _help("run")
     assert first == second  # two processes (different hash seeds) print the same text
-    sections = ["model:", "data:", "probing:", "training:", "LENS loss:", "quick evaluation", "benchmarks", "output:"]
+    sections = ["model:", "data:", "probing:", "training:", "LENS loss:",
+                "fine-tuning baselines (--method xsft, xsft-full, qalign):", "training-free steering (--method steer):",
+                "quick evaluation", "benchmarks", "output:"]
     positions = [first.index("\n" + s) for s in sections]
     assert positions == sorted(positions)
     assert first.startswith("usage: lens run [options]")
     for block in first.split("\n  --")[2:]:  # after -h and --config: every option states its default once
         assert block.count("(default") == 1, block
     assert "--train.no-gradient-checkpointing" in first and "--no-overwrite" in first
+
+
+def test_train_help_shows_every_methods_options():
+    text = _help("train")
+    assert "--subspace" in text and "--sft.include-central" in text and "--steer.strength" in text
+    args = build_parser().parse_args(["train", "--method", "steer", "--steer.strength", "0.5", "--sft.no-include-central"])
+    assert vars(args)["cfg:run:steer.strength"] == "0.5" and vars(args)["cfg:run:sft.include_central"] is False
+
+
+def test_a_config_section_without_a_help_title_stops_the_parser():
+    """A section nobody titled used to lose its flags silently; now the parser refuses to build."""
+
+    @dataclasses.dataclass
+    class Extra:
+        """Not registered anywhere."""
+
+        knob: int = dataclasses.field(default=1, metadata={"help": "a knob"})
+
+    with_extra = dataclasses.make_dataclass("WithExtra", [("extra", Extra, dataclasses.field(default_factory=Extra))],
+                                            bases=(RunConfigBase,))
+    with pytest.raises(ValueError, match="option extra.knob is in section 'extra', which has no help title"):
+        add_config_arguments(argparse.ArgumentParser(), ["model"], cls=with_extra)
+    with pytest.raises(ValueError, match="help section 'extra' has no title"):
+        add_config_arguments(argparse.ArgumentParser(), ["model", "extra"])
+
+
+def test_a_registered_section_that_loses_its_title_stops_the_parser(monkeypatch):
+    monkeypatch.setattr(methods, "section_titles", lambda: {"sft": "fine-tuning baselines"})
+    with pytest.raises(ValueError, match="section 'steer', which has no help title"):
+        build_parser()
 
 
 def test_probe_help_shows_only_what_probing_uses():

@@ -13,7 +13,7 @@ from lensml.cli import build_parser
 from lensml.cli.args import overrides_of
 from lensml.recipes.config import load_config
 from lensml.cli.eval import format_results
-from lensml.results.benchmark_table import comparison_table
+from lensml.results.benchmark_results import comparison_table
 from lensml.evaluation.scoring import ScoringConfig
 from lensml.evaluation.suite import EvalConfig, evaluate
 from lensml.evaluation.tasks import parse_tasks

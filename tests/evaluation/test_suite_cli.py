@@ -6,7 +6,7 @@ from lensml.cli import main
 from lensml.errors import LensError
 from lensml.evaluation.benchmarks import mtbench
 from lensml.evaluation.benchmarks.base import GenerationConfig
-from lensml.results.benchmark_table import comparison_table
+from lensml.results.benchmark_results import comparison_table
 from lensml.evaluation.judge import JudgeConfig
 from lensml.evaluation.scoring import ScoringConfig
 from lensml.evaluation.suite import EvalConfig, evaluate

@@ -8,6 +8,7 @@ import torch
 from lensml.cli import main
 from lensml.results.method_table import compare_runs, group_runs, load_run
 from lensml.results.report import RunReport
+from lensml.results.rundir import RunDir
 from tests.helpers import write_parallel_data
 
 METHODS = ["lens", "xsft", "xsft-full", "qalign", "steer"]
@@ -35,17 +36,24 @@ def test_every_method_writes_the_same_outputs(runs, tiny_llama):
     base = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
     for method in METHODS:
         out = root / method
-        report = RunReport.load(out)
-        manifest = json.loads((out / "manifest.json").read_text())
+        run = RunDir(out)
+        report = RunReport.load(run.path)
+        manifest = run.read_manifest()
         assert report.method == method == manifest["method"] and set(report.quick_eval.enhanced) == {"en", "zh"}
+        assert run.plot.is_file() and run.answers.is_file() and run.is_run()
         if method == "steer":  # no training, no model copy: the subspace and the settings reproduce it
             assert report.train.steps == 0 and report.train.trainable_parameters == 0
             assert (out / "steering" / "steering.json").is_file() and not (out / "model").exists()
             assert not (out / "patch").exists() and manifest["train_resolved"]["steer"]["strength"] is not None
+            card = (out / "steering" / "README.md").read_text()  # the card sits beside the settings
+            assert "No weight of the model changed" in card and "lens chat PATH/TO/RUN" in card
+            assert "--steer PATH/TO/RUN/steering" in card and "chosen by measurement" in card
+            assert "`lens run --method steer`" in card and "library_name" not in card
             continue
         assert report.train.steps == (4 if method == "qalign" else 2)
         assert manifest["train_resolved"]["lr"] == 1e-3
         assert (out / "patch" / "patch_config.json").is_file() and (out / "model" / "README.md").is_file()
+        assert not run.steering.exists()
         model = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
         changed = {k for k, v in model.items() if not torch.equal(v, base[k])}
         if method == "xsft-full":
@@ -53,6 +61,29 @@ def test_every_method_writes_the_same_outputs(runs, tiny_llama):
         else:
             assert changed and all(k.startswith(("model.layers.2.", "model.layers.3.")) for k in changed)
         assert (out / "subspace").is_dir() == (method == "lens")
+
+
+def test_train_steer_writes_the_card_beside_the_steering(runs, tiny_llama, tmp_path, capsys):
+    """`lens train --method steer`: no model/ to hold a card, so it sits in OUT/steering, as `lens run` puts it."""
+    root, data = runs
+    settings = tmp_path / "steer.yaml"
+    settings.write_text("steer:\n  strength: 1.0\n")  # given: no measurement, and the card says so
+    out = tmp_path / "train-steer"
+    assert main(["train", "--model", str(tiny_llama), "--subspace", str(root / "lens"), "--train-data", str(data),
+                 "--langs", "zh", "--method", "steer", "--config", str(settings), "--out", str(out)]) == 0
+    run = RunDir(out)
+    manifest, report = run.read_manifest(), RunReport.load(run.path)
+    assert manifest["kind"] == "train" and manifest["method"] == "steer" == report.method
+    assert manifest["train_resolved"]["steer"]["strength"] == 1.0 and report.quick_eval is None
+    assert run.steering_or_none() and run.subspace.is_dir() and run.plot.is_file()
+    assert not run.model.exists() and not run.patch.exists() and run.is_steer_run()
+    card = run.steering_card.read_text()
+    assert "`lens train --method steer`" in card and "as given (--steer.strength)" in card
+    assert f"Subspace: `{root / 'lens'}`" in card and "No weight changed (0 of" in card
+    # What the card says works: the folder chats as its base model, steered.
+    capsys.readouterr()
+    assert main(["chat", str(out), "--compare", "--prompt", "Why do cats purr?", "--max-new-tokens", "2"]) == 0
+    assert "--- steered" in capsys.readouterr().out
 
 
 def test_compare_runs_table_json_and_picture(runs, tmp_path):

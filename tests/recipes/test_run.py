@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from lensml.cli import main
-from lensml.results.report import SCHEMA_VERSION, RunReport
 from lensml.lens.subspace import LanguageSubspace
+from lensml.results.report import SCHEMA_VERSION, RunReport
 
 
 def common(model_dir, data):
@@ -87,7 +87,9 @@ def test_probe_train_chat_share_the_run_layout(tiny_gemma3, parallel_data, tmp_p
     report = RunReport.load(train_dir)
     assert report.train.steps == 6 and report.quick_eval is None
     assert (train_dir / "model" / "config.json").is_file() and (train_dir / "subspace").is_dir()
-    assert (train_dir / "model" / "README.md").is_file() and (train_dir / "patch" / "patch_config.json").is_file()
+    assert (train_dir / "patch" / "patch_config.json").is_file() and not (train_dir / "steering").exists()
+    card = (train_dir / "model" / "README.md").read_text()
+    assert "(`lens train`)" in card and f"Subspace: `{probe_dir}` (probed earlier)" in card
     capsys.readouterr()
     # chat --compare finds the base model in the manifest, given the run folder itself.
     assert main(["chat", str(train_dir), "--compare", "--prompt", "Why do cats purr?", "--max-new-tokens", "4"]) == 0

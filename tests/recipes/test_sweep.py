@@ -1,6 +1,5 @@
 """`lens sweep`: the grid, restoring the weights between settings, failures, and the files it writes."""
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -8,12 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lensml.lens.reference_cache import fill_caches
+from lensml.cli import main
 from lensml.errors import LensError
-from lensml.runtime.models import ModelConfig, load_model
+from lensml.lens.reference_cache import fill_caches
+from lensml.recipes import sweep
 from lensml.recipes.stages import load_inputs
-from lensml.recipes.sweep import (Originals, SweepSpec, add_sweep_command, combine, layer_counts, parse_grid,
-                                  read_grid_file, sweep_model)
+from lensml.recipes.sweep import Originals, SweepSpec, combine, layer_counts, parse_grid, read_grid_file, sweep_model
+from lensml.runtime.models import ModelConfig, load_model
+from tests.helpers import write_parallel_data
 
 ROOT = Path(__file__).parents[2]
 
@@ -30,21 +31,9 @@ def cli_options(model_dir, data) -> list[str]:
 
 
 @pytest.fixture
-def lens(monkeypatch):
-    """lensml.cli.main with the sweep command added (until the lead wires it into lensml/cli/__init__.py)."""
-    import lensml.cli as cli
-
-    original = cli.build_parser
-
-    def build():
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "sweep" not in sub.choices:
-            add_sweep_command(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", build)
-    return cli.main
+def lens():
+    """The `lens` command (lensml.cli.main; `lens sweep` is lensml.cli.sweep)."""
+    return main
 
 
 # --- the grid ---------------------------------------------------------------------------------
@@ -148,7 +137,8 @@ def test_restore_gives_the_fresh_weights_back(tiny_llama, parallel_data):
     from lensml.runtime.topblock import TopBlock
 
     model, _, _ = load_model(ModelConfig(model=str(tiny_llama)))
-    originals = Originals(model, TopBlock(model, -4).start)
+    block = {id(p) for p in TopBlock(model, -4).parameters()}
+    originals = Originals(model, [n for n, p in model.named_parameters() if id(p) in block])
     with torch.no_grad():
         for p in TopBlock(model, -3).parameters():
             p.add_(1.0)
@@ -160,8 +150,6 @@ def test_restore_gives_the_fresh_weights_back(tiny_llama, parallel_data):
 
 
 def test_a_failing_setting_is_recorded_and_the_sweep_goes_on(tiny_llama, parallel_data, tmp_path, monkeypatch):
-    import lensml.recipes.sweep as sweep
-
     built = []
     monkeypatch.setattr(sweep, "fill_caches", lambda m, caches, *a, **k: built.append([c.start for c in caches])
                         or fill_caches(m, caches, *a, **k))
@@ -185,11 +173,72 @@ def test_a_failing_setting_is_recorded_and_the_sweep_goes_on(tiny_llama, paralle
     _same_as_fresh(model, tiny_llama)
 
 
+# --- methods other than LENS -------------------------------------------------------------------
+
+def test_grids_and_presets_of_other_methods():
+    assert [s.overrides for s in parse_grid("steer.strength=0.5,1")] == [{"steer.strength": 0.5}, {"steer.strength": 1.0}]
+    assert [cfg.sft.max_response_tokens for _, cfg in
+            SweepSpec(overrides={"method": "xsft"}, grids=["sft.max-response-tokens=8,16"]).plan()] == [8, 16]
+    with pytest.raises(LensError, match="preset ablation switches off the LENS loss terms"):
+        SweepSpec(overrides={"method": "xsft"}, presets=["ablation"]).plan()
+
+
+@pytest.fixture(scope="module")
+def response_data(tmp_path_factory):
+    return write_parallel_data(tmp_path_factory.mktemp("responses") / "rows.jsonl", langs=("en", "zh"), repeat=1,
+                               responses=True)
+
+
+@pytest.mark.parametrize("method", ["xsft", "xsft-full", "qalign"])
+def test_a_fine_tuning_baseline_sweeps_from_the_original_weights(method, tiny_llama, response_data):
+    """No probe and no reference cache; each setting still trains from the original weights (xsft-full: all)."""
+    spec = SweepSpec(overrides={**base_options(tiny_llama, response_data), "method": method, "train.samples": "4",
+                                "eval.samples": "2"}, grids=["train.lr=1e10,1e-3"])
+    plan = spec.plan()
+    inputs = load_inputs(plan[0][1], probe=False, train=True, held_out=True, responses=["en", "zh"])
+    model, tok, name = load_model(plan[0][1].model)
+    result = sweep_model(model, tok, name, plan, inputs)
+    assert [s.status for s in result.settings] == ["failed", "ok"], [s.error for s in result.settings]
+    ok = result.settings[1]
+    assert ok.steps >= 1 and ok.quick is not None and abs(ok.nll_change) < 0.5
+    assert ok.trained_layers == (4 if method == "xsft-full" else 2)
+    _same_as_fresh(model, tiny_llama)
+
+
+def _hooked(model) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_steering_sweeps_and_takes_its_hooks_off_between_settings(tiny_llama, parallel_data):
+    """Strength 4, then 0: were the first setting's hooks left on, the second's answers would not be the base's."""
+    spec = SweepSpec(overrides={**base_options(tiny_llama, parallel_data), "method": "steer", "eval.samples": "3"},
+                     grids=["steer.strength=4,0"])
+    plan = spec.plan()
+    inputs = load_inputs(plan[0][1], probe=True, train=True, held_out=True)
+    model, tok, name = load_model(plan[0][1].model)
+    result = sweep_model(model, tok, name, plan, inputs)
+    assert [s.status for s in result.settings] == ["ok", "ok"], [s.error for s in result.settings]
+    assert all(s.steps == 0 and s.trained_layers == 0 for s in result.settings)
+    first, second = ([r for r in result.answers if r["setting"] == i] for i in (1, 2))
+    assert any(r["base"] != r["enhanced"] for r in first)
+    assert all(r["base"] == r["enhanced"] for r in second)
+    assert not _hooked(model)
+    _same_as_fresh(model, tiny_llama)
+
+
+def test_sweep_command_with_another_method(lens, tiny_llama, response_data, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert lens(["sweep", *cli_options(tiny_llama, response_data), "--method", "xsft", "--train-samples", "4",
+                 "--eval.samples", "2", "--grid", "sft.max-response-tokens=4,8", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"wrote {out}")
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["base_config"]["method"] == "xsft" and [s["status"] for s in doc["settings"]] == ["ok", "ok"]
+    assert [s["overrides"] for s in doc["settings"]] == [{"sft.max_response_tokens": 4}, {"sft.max_response_tokens": 8}]
+
+
 # --- the command -------------------------------------------------------------------------------
 
 def test_sweep_command_writes_every_file(lens, tiny_llama, parallel_data, tmp_path, capsys, monkeypatch):
-    import lensml.recipes.sweep as sweep
-
     built = []
     monkeypatch.setattr(sweep, "fill_caches", lambda *a, **k: built.append(a) or fill_caches(*a, **k))
     out = tmp_path / "sweep"
@@ -233,8 +282,6 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(lens, tiny_llama, parall
 
 
 def test_existing_output_is_refused_before_any_work(lens, tiny_llama, parallel_data, tmp_path, capsys, monkeypatch):
-    import lensml.recipes.sweep as sweep
-
     monkeypatch.setattr(sweep, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded a model")))
     (tmp_path / "sweep").mkdir()
     assert lens(["sweep", *cli_options(tiny_llama, parallel_data), "--preset", "layers",

@@ -45,11 +45,11 @@ def test_json_round_trip_and_errors(tmp_path):
     doc = r.to_dict()
     assert doc["schema_version"] == SCHEMA_VERSION and doc["quick_eval"]["retention"]["relative_change"] == pytest.approx(-0.025)
     (tmp_path / "report.json").write_text(json.dumps(doc))
-    back = RunReport.load(tmp_path)
-    assert back == r
+    back = RunReport.load(tmp_path / "report.json")
+    assert back == r == RunReport.load(tmp_path)
     (tmp_path / "report.json").write_text(json.dumps({**doc, "schema_version": 1}))
     with pytest.raises(LensError, match="schema version 1"):
-        RunReport.load(tmp_path)
+        RunReport.load(tmp_path / "report.json")
     (tmp_path / "report.json").write_text("[1, 2]")
     with pytest.raises(LensError, match="not a lensml run report"):
         RunReport.load(tmp_path)

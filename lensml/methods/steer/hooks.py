@@ -37,10 +37,10 @@ import torch
 
 from lensml.errors import LensError
 from lensml.io import dumps, staged_dir
-from lensml.runtime import known_hooks
-from lensml.runtime.models import decoder_of
 from lensml.lens.subspace import CONFIG as SUBSPACE_CONFIG
 from lensml.lens.subspace import LanguageSubspace
+from lensml.runtime import known_hooks
+from lensml.runtime.models import decoder_of
 from lensml.runtime.templating import last_token_index
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,11 @@ VERSION = 1
 
 @dataclass
 class SteerConfig:
-    """Training-free steering along the probed language directions (lens run --method steer)."""
+    """Training-free steering.
+
+    Along the probed language directions, at inference only (lens run --method steer): the options
+    that choose how far and where.
+    """
 
     strength: float | None = field(default=None, metadata={"help": "lambda: how many language gaps delta_l to add (default: chosen by measurement on the training prompts, see --steer.grid)"})
     pull: float = field(default=0.0, metadata={"help": "share of the agnostic-component distance to the central language's mean to remove, 0..1 (target languages only)"})

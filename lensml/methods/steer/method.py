@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from lensml.errors import LensError
-from lensml.methods import register
 from lensml.methods.base import Method, MethodInputs
-from lensml.runtime.models import decoder_of
-from lensml.methods.steer.hooks import Steering, SteerConfig, SteeringHandle
+from lensml.methods.steer.hooks import SteerConfig, Steering, SteeringHandle
+from lensml.methods.steer.measure import answer_nll as steered_nll
 from lensml.methods.steer.measure import choose_strength, read_off_accuracy
+from lensml.runtime.models import decoder_of
 from lensml.training import TrainConfig, TrainResult
 
 #: Training prompts per language whose read-off is checked (one forward each); the held-out figure is the recipe's
@@ -26,14 +26,11 @@ from lensml.training import TrainConfig, TrainResult
 READ_OFF_PROMPTS = 16
 
 
-@register
 class SteerMethod(Method):
-    name = "steer"
     description = ("training-free: add lambda * delta_l in the language-specific subspace to the top layers' "
                    "last-position states")
     needs_subspace = True
     changes_weights = False
-    options_section = "steer"
 
     def __init__(self):
         self.steering: Steering | None = None
@@ -75,12 +72,17 @@ class SteerMethod(Method):
                            resolved={"steer": dataclasses.asdict(options), "measurement": measurement,
                                      "read_off_accuracy_train": read_off})
 
+    def detach(self) -> None:
+        """Take the hooks off (a sweep's next setting steers afresh); the settings stay for save_pretrained."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
     def answer_nll(self, model, tokenizer, prompts: list[str], answer_ids: list[list[int]]) -> float | None:
         """Steered as generation steers (every position from the prompt's last token on): the retention figure."""
-        from lensml.methods.steer.measure import answer_nll
         if self.handle is None or not self.handle.attached:
             raise LensError("the steer method has no hooks attached: call train first")
-        return answer_nll(model, tokenizer, prompts, handle=self.handle, answer_ids=answer_ids)
+        return steered_nll(model, tokenizer, prompts, handle=self.handle, answer_ids=answer_ids)
 
     def save_pretrained(self, directory: Path) -> None:
         """OUT/steering: steering.json (settings and the strength measurement) + subspace/."""

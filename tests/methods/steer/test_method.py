@@ -28,7 +28,7 @@ def _inputs(sub):
 def test_steer_is_registered_as_a_method_that_changes_no_weights():
     method = methods.get("steer")
     assert "steer" in methods.names() and method.needs_subspace and not method.changes_weights
-    assert method.options_section == "steer" and method.trainable_names(None, TrainConfig()) == []
+    assert methods.registration("steer").section == "steer" and method.trainable_names(None, TrainConfig()) == []
 
 
 def test_train_leaves_the_hooks_on_and_the_settings_round_trip(tiny, tmp_path):

@@ -1,0 +1,87 @@
+"""The end of every job: what a finished run folder holds, written in one order for every method.
+
+`lens run`, `lens train` and `lens probe` all end here, so their folders cannot drift apart:
+first the manifest (what produced the folder), then the report, the card beside what the run
+ships (OUT/model when weights changed, OUT/steering for steering, which has no model of its
+own) and the picture. A job without training (`lens probe`) writes the manifest alone.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lensml.config import to_dict
+from lensml.export.card import write_card
+from lensml.io import write_json_atomic
+from lensml.methods.base import Method
+from lensml.provenance import versions
+from lensml.recipes.config import RunConfig
+from lensml.recipes.stages import Stages
+from lensml.results.plots import plot_run
+from lensml.results.report import QuickEval, RunReport, TrainSummary
+from lensml.results.rundir import RunDir
+from lensml.training import TrainResult
+
+
+@dataclass
+class Trained:
+    """What a training job measured, handed to the finish stage."""
+
+    method: Method
+    result: TrainResult
+    quick_eval: QuickEval | None = None
+    benchmarks: dict[str, dict] | None = None   # side -> lensml.evaluation.suite result
+
+
+def finish_run(run: RunDir, kind: str, cfg: RunConfig, model_name: str, stages: Stages, data: dict,
+               trained: Trained | None = None, repo: str | None = None) -> RunReport | None:
+    """Write the manifest, then (after training) report.json, the card and report.png; returns the report.
+
+    kind: "run", "train" or "probe", as the manifest records it; data: the inputs' provenance;
+    repo: the Hub repository the card names (the run pushes there once the folder is complete).
+    """
+    timings = stages.total()
+    if trained is None:  # nothing trained or measured: the manifest says what was probed
+        write_manifest(run, kind, cfg, model_name, timings, data=data)
+        return None
+    result = trained.result
+    report = RunReport(model=model_name, central=cfg.central, languages=cfg.languages,
+                       train=TrainSummary(result.method, result.steps, result.lr, result.final,
+                                          result.trainable_parameters, result.total_parameters),
+                       quick_eval=trained.quick_eval, benchmarks=trained.benchmarks or None, timings_s=timings)
+    manifest = write_manifest(run, kind, cfg, model_name,
+                              {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
+                              train_resolved=result.resolved, losses=result.history, data=data,
+                              trainable_parameters=result.trainable_parameters,
+                              total_parameters=result.total_parameters, trainable_share=result.trainable_share)
+    write_json_atomic(run.report, report.to_dict())
+    write_card(run, trained.method.changes_weights, report, manifest, repo)
+    plot_run(report, result.history, run.plot)
+    return report
+
+
+def write_manifest(run: RunDir, kind: str, cfg: RunConfig, model_name: str, timings: dict, **extra) -> dict:
+    """manifest.json: what produced this folder. `base_model` is what `lens chat --compare` loads."""
+    doc = {"kind": kind, "base_model": cfg.model.gguf or cfg.model.model, "model_name": model_name,
+           "method": cfg.method, "config": to_dict(cfg), "versions": versions(), "timings_s": timings,
+           "peak_memory": peak_memory_gb(), **extra}
+    write_json_atomic(run.manifest, doc)
+    return doc
+
+
+def peak_memory_gb() -> dict:
+    mem = {"host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
+    if torch.cuda.is_available():
+        mem["device_gb"] = torch.cuda.max_memory_allocated() / 1024 ** 3
+    return mem
+
+
+def push_folder(out: RunDir, method: Method, patch: bool) -> Path:
+    """What --push-to-hub uploads: the model (or its patch) when weights changed, else the steering folder."""
+    if not method.changes_weights:
+        return out.steering
+    return out.patch if patch else out.model

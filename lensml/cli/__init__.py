@@ -1,4 +1,4 @@
-"""`lens`: a thin command line over the library (lensml.recipes, lensml.cli.chat, lensml.evaluation).
+"""`lens`: a thin command line over the library (lensml.recipes, lensml.evaluation, lensml.results); every print is here.
 
 Every option of RunConfig is a flag generated from the dataclasses (lensml.cli.args);
 each subcommand shows only the sections it uses.
@@ -12,8 +12,8 @@ import signal
 import sys
 import threading
 
+from lensml.cli import chat
 from lensml.cli.args import add_config_arguments, config_from, method_sections, run_titles
-from lensml.cli.chat import chat
 from lensml.cli.eval import add_eval_commands
 from lensml.cli.plot import add_plot_command
 from lensml.cli.sweep import add_sweep_command
@@ -65,7 +65,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    return chat(args.model, args.base, args.compare, args.prompt, args.max_new_tokens, args.steer, args.steer_lang,
+    return chat.chat(args.model, args.base, args.compare, args.prompt, args.max_new_tokens, args.steer, args.steer_lang,
                 args.steer_strength)
 
 

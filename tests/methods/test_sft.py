@@ -117,8 +117,8 @@ def test_qalign_stage_targets_exact_token_ids(tiny_llama, tmp_path):
     ex = build_examples(tok, stage1, TrainConfig(), SFTConfig())
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     # Stage 1, row 0, zh: input = templated zh question + the English question as the assistant turn.
-    want = enc(f"<s><|im_start|>user\n怎样让罗勒保持新鲜？<|im_end|>\n<|im_start|>assistant\n"
-               f"How do I keep basil fresh?<|im_end|>\n")
+    want = enc("<s><|im_start|>user\n怎样让罗勒保持新鲜？<|im_end|>\n<|im_start|>assistant\n"
+               "How do I keep basil fresh?<|im_end|>\n")
     assert ex.ids[0][0] == want
     n_prompt = len(enc("<s><|im_start|>user\n怎样让罗勒保持新鲜？<|im_end|>\n<|im_start|>assistant\n"))
     assert ex.labels[0][0] == [IGNORE] * n_prompt + want[n_prompt:]

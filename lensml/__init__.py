@@ -21,7 +21,7 @@ _EXPORTS = {
     "LanguageSubspace": "lensml.lens.subspace",
     "train": "lensml.methods.lens", "TrainConfig": "lensml.training", "LossConfig": "lensml.lens.losses",
     "run": "lensml.recipes.run", "RunConfig": "lensml.recipes.config", "load_config": "lensml.recipes.config",
-    "RunReport": "lensml.results.report", "apply_patch": "lensml.export.patch",
+    "RunReport": "lensml.results.report", "RunDir": "lensml.results.rundir", "apply_patch": "lensml.export.patch",
     "load_rows": "lensml.data.loaders", "load_texts": "lensml.data.loaders",
 }
 

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, ["model", "data", "probe", "output"], only={"langs", "central", "probe_data"})
     p.set_defaults(func=cmd_probe)
     p = sub.add_parser("train", parents=[verbose], usage="lens train --subspace DIR [options]",
-                       help="train with a probed subspace: OUT/model, OUT/subspace, report and manifest")
+                       help="train with a probed subspace: OUT/model (OUT/steering for steer), OUT/subspace, report and manifest")
     p.add_argument("--subspace", help="folder written by `lens probe` or `lens run` (or its subspace/ folder)")
     add_config_arguments(p, ["model", "data", "train", "loss", *method_sections(), "output"],
                          only={"langs", "central", "train_data"})

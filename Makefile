@@ -7,8 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lensml-installed
 RUN_ARGS ?=
-# `make compare`: LENS and its alternatives on the same model and data, then one table.
-COMPARE_METHODS ?= lens xsft xsft-full qalign steer
+# `make compare`: LENS and its alternatives on the same model and data, then one table (with the paper's
+# Table 5 beside it). xsft-full joins when FULL_DATA names its instruction data (--sft.full-data, e.g.
+# FULL_DATA="hf:CohereForAI/aya_dataset + hf:MBZUAI/Bactrian-X"): without it, it would be xsft again.
+FULL_DATA ?=
+COMPARE_METHODS ?= lens xsft qalign sdrrl steer xsft-top $(if $(FULL_DATA),xsft-full)
 COMPARE_DIR ?= runs/compare
 
 .PHONY: install run test bench compare clean
@@ -28,8 +31,11 @@ run: $(STAMP)
 
 compare: $(STAMP)
 	set -e; for m in $(COMPARE_METHODS); do \
-		$(VENV)/bin/lens run --method $$m --out $(COMPARE_DIR)/$$m --overwrite $(RUN_ARGS); done
-	$(VENV)/bin/lens compare $(addprefix $(COMPARE_DIR)/,$(COMPARE_METHODS)) --out $(COMPARE_DIR) --overwrite
+		full=; if [ "$$m" = xsft-full ]; then full=--sft.full-data; fi; \
+		$(VENV)/bin/lens run --method $$m --out $(COMPARE_DIR)/$$m --overwrite $(RUN_ARGS) \
+			$${full:+"$$full"} $${full:+"$(FULL_DATA)"}; done
+	$(VENV)/bin/lens compare $(addprefix $(COMPARE_DIR)/,$(COMPARE_METHODS)) --out $(COMPARE_DIR) --overwrite \
+		--reference paper
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from lensml.errors import LensError
 
@@ -32,7 +32,7 @@ def _umask() -> int:
     return mask
 
 
-def _chmod_default(path: Path, directory: bool) -> None:
+def chmod_default(path: Path, directory: bool) -> None:
     """Give a path made by tempfile the permissions a plain open()/mkdir() would have."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
@@ -60,7 +60,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        _chmod_default(Path(tmp), directory=False)
+        chmod_default(Path(tmp), directory=False)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -128,33 +128,82 @@ def check_writable(folder: Path) -> None:
         raise LensError(f"cannot write to {parent} ({err.strerror or err}): choose another --out") from err
 
 
-def check_free(out: Path, overwrite: bool) -> None:
-    """An output path may be written: absent, or --overwrite given and it is a folder we can replace."""
+def check_not_cwd(out: Path) -> None:
+    """Refuse an output that is the current folder or holds it (`--out ''`, `--out .`, `--out ..`).
+
+    Such a folder cannot be swapped for the new one (a process's working folder cannot be renamed
+    away), so the job would fail only at its very end, after all its work.
+    """
+    where = Path(out).resolve()
+    here = Path.cwd().resolve()
+    if where == here or where in here.parents:
+        shown = "''" if str(out) in ("", ".") else str(out)
+        raise LensError(f"output {shown} is the current folder or holds it: name a new folder, e.g. --out runs/NAME")
+
+
+def is_empty_dir(path: Path) -> bool:
+    """A folder with nothing in it: replacing it loses nothing."""
+    return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
+
+
+#: A test of whether an existing folder may be replaced with --overwrite (a folder that lensml wrote).
+Replaceable = Callable[[Path], bool]
+
+
+def check_free(out: Path, overwrite: bool, replaceable: Replaceable | None = None) -> None:
+    """An output path may be written: absent, or --overwrite given and it is a folder we can replace.
+
+    replaceable: when given, an existing non-empty folder is replaced only if it says True (a folder a
+    lensml job wrote, by its manifest), so --overwrite never deletes a folder of the user's own files.
+    """
+    check_not_cwd(out)
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise LensError(f"output {out} already exists: pass --overwrite or choose another --out")
         if not out.is_dir():
             raise LensError(f"output {out} is a file, not a folder: remove it or choose another --out")
+        if replaceable is not None and not is_empty_dir(out) and not replaceable(out):
+            raise LensError(f"output {out} exists and was not written by lensml (no lensml manifest), so --overwrite "
+                            f"will not replace it: remove it yourself or choose another --out")
+
+
+def follow_umask(folder: Path) -> None:
+    """Give every file and folder under folder the permissions plain open()/mkdir() would have.
+
+    Writers that go through a temporary file (safetensors' save_file, tempfile) leave 0600 files,
+    which other users of a shared model folder cannot read.
+    """
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, 0o777 & ~mask)
+        else:
+            os.chmod(path, (0o777 if path.stat().st_mode & 0o100 else 0o666) & ~mask)
 
 
 @contextlib.contextmanager
-def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(out: str | os.PathLike, overwrite: bool = False,
+               replaceable: Replaceable | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `out` only if the block succeeds.
 
-    The old `out` (with --overwrite) is moved aside first and deleted only after the
-    new one is in place, so a failure at any point leaves either the old or the new
-    folder, never a mix and never neither.
+    The old `out` (with --overwrite, and only if replaceable says so: see check_free) is moved
+    aside first and deleted only after the new one is in place, so a failure at any point leaves
+    either the old or the new folder, never a mix and never neither. What the block wrote gets
+    the umask's permissions (follow_umask) before it is published.
     """
     out = Path(out)
-    check_free(out, overwrite)
+    check_free(out, overwrite, replaceable)
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{out.name}{TMP_MARK}"
     remove_stale(out.parent, prefix)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{prefix}{os.getpid()}-"))
-    _chmod_default(tmp, directory=True)
+    chmod_default(tmp, directory=True)
     try:
         yield tmp
-        check_free(out, overwrite)
+        check_free(out, overwrite, replaceable)
+        follow_umask(tmp)
         if out.exists():
             trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{prefix}{os.getpid()}-old-"))
             os.replace(out, trash / "old")

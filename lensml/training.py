@@ -25,16 +25,35 @@ from lensml.io import append_jsonl
 from lensml.lens.losses import LossConfig
 from lensml.progress import progress
 from lensml.runtime.models import steady_attention
-from lensml.runtime.optim import make_optimizer
+from lensml.runtime.optim import make_optimizer, param_groups
 
 log = logging.getLogger(__name__)
+
+
+class Default(int):
+    """An int left at its default: equal to the number, but telling "not given" from "given as -2".
+
+    The paper's baselines train every parameter unless the user picks layers with
+    --train.start-layer (lensml.methods.sft); LENS and the controls train the top layers either
+    way. A value read from the command line or YAML is a plain int, so it counts as given.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
+def start_layer_given(cfg: "TrainConfig") -> bool:
+    """Did the user choose train.start_layer (command line, YAML, a sweep), rather than leave its default?"""
+    return not isinstance(cfg.start_layer, Default)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation of the top layers."""
 
-    start_layer: int = field(default=-2, metadata={"help": "first trained decoder layer; negative counts from the top (-2: top two)"})
+    start_layer: int = field(default=Default(-2), metadata={"help": "first trained decoder layer; negative counts from the top (-2: top two); the paper's baselines (xsft, xsft-full, qalign, sdrrl) train every parameter unless it is given"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default: by model size, 1e-3 at 135M parameters to 1e-5 at 8B on a log scale)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up before the cosine decay"})
@@ -139,18 +158,24 @@ def _check_finite(terms: dict, when: str) -> None:
 
 
 def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, micro_step: MicroStep,
-             result: TrainResult, terms: tuple[str, ...], device, log_path: Path | None = None) -> TrainResult:
+             result: TrainResult, terms: tuple[str, ...], device, log_path: Path | None = None,
+             model: torch.nn.Module | None = None) -> TrainResult:
     """Run cfg.epochs passes of shuffled batches over n_items, updating params in place.
 
     Appends one record per step to result.history (and to log_path as JSONL while it
     runs, so a long run can be watched). The learning rate logged is the one the step
     used. After the last step the loss is computed once more with the final weights:
     a run that diverged on its last update fails here instead of saving a broken model.
+    model: the model params belong to; its norm weights and biases then take no weight decay
+    (lensml.runtime.optim.param_groups, the HF Trainer's convention every built-in method follows).
     """
     steady_attention(params)  # models not loaded by lensml.runtime.models.load_model get it here
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    opt = make_optimizer(params, cfg.lr, cfg.weight_decay, cfg.seed)
+    groups = param_groups(model, params, cfg.weight_decay) if model is not None else params
+    opt = make_optimizer(groups, cfg.lr, cfg.weight_decay, cfg.seed)
+    result.resolved.setdefault("no_weight_decay", sum(p.numel() for g in groups if isinstance(g, dict)
+                                                      and g["weight_decay"] == 0.0 for p in g["params"]))
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, warmup, total_steps))
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -14,11 +14,13 @@ import threading
 
 from lensml.cli import chat
 from lensml.cli.args import add_config_arguments, config_from, method_sections, run_titles
+from lensml.cli.dry_run import print_plan
 from lensml.cli.eval import add_eval_commands
 from lensml.cli.plot import add_plot_command
 from lensml.cli.sweep import add_sweep_command
 from lensml.errors import LensError
 from lensml.recipes.apply import apply_job
+from lensml.recipes.plan import plan_job
 from lensml.recipes.probe import probe_job
 from lensml.recipes.run import run
 from lensml.recipes.train import train_job
@@ -32,8 +34,15 @@ def _on_sigterm(_signum, _frame):
     raise Terminated()
 
 
+DRY_RUN_HELP = ("check the options, data, model config and output folder, print the plan and the resolved options "
+                "(size defaults included), and stop: no weights load, nothing is written (default: off)")
+
+
 def cmd_run(args) -> int:
     cfg = config_from(args)
+    if getattr(args, "dry_run", False):
+        print_plan(plan_job(cfg, "run"))
+        return 0
     report = run(cfg)
     if report is not None:
         print(report.table())
@@ -52,6 +61,9 @@ def cmd_probe(args) -> int:
 
 def cmd_train(args) -> int:
     cfg = config_from(args)
+    if getattr(args, "dry_run", False):
+        print_plan(plan_job(cfg, "train", args.subspace))
+        return 0
     report = train_job(cfg, args.subspace)
     if report is not None:
         print(report.table())
@@ -79,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[verbose], usage="lens run [options]",
                        help="probe, evaluate, train, save and evaluate again (default: SmolLM2-135M, en -> zh)")
     add_config_arguments(p, list(run_titles()))  # every section, the registered methods' included
+    p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("probe", parents=[verbose], usage="lens probe [options]",
                        help="probe a model: OUT/subspace and OUT/manifest.json")
@@ -89,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subspace", help="folder written by `lens probe` or `lens run` (or its subspace/ folder)")
     add_config_arguments(p, ["model", "data", "train", "loss", *method_sections(), "output"],
                          only={"langs", "central", "train_data"})
+    p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("chat", parents=[verbose], usage="lens chat MODEL [options]",
                        help="answer prompts with a model; --compare shows the base model beside it")

@@ -32,6 +32,16 @@ def base_of(model_spec: str) -> str:
     return run.base_model(fix="pass --base")
 
 
+def read_prompts(given: list[str] | None) -> list[str]:
+    """The prompts of --prompt, else stdin's lines; blank ones are skipped either way (an empty turn is no question)."""
+    source = given if given is not None else sys.stdin
+    prompts = [text.strip() for text in source if text.strip()]
+    if not prompts:
+        what = "every --prompt is empty" if given is not None else "stdin held no prompt"
+        raise LensError(f"no prompt given ({what}): pass --prompt TEXT or pipe prompts on stdin, one per line")
+    return prompts
+
+
 def _load(spec: str):
     cfg = ModelConfig(gguf=spec) if spec.endswith(".gguf") else ModelConfig(model=spec)
     return load_model(cfg)
@@ -49,9 +59,7 @@ def chat(model_spec: str, base_spec: str | None, compare: bool, prompts: list[st
     if steer is not None:  # before anything loads
         steering = Steering.from_pretrained(steer, strength=steer_strength, lang=steer_lang)
     base = (base_spec or (None if steering else base_of(model_spec))) if compare else None
-    prompts = prompts or [line.strip() for line in sys.stdin if line.strip()]
-    if not prompts:
-        raise LensError("no prompt given: pass --prompt TEXT or pipe prompts on stdin, one per line")
+    prompts = read_prompts(prompts)
     model, tok, name = _load(model_folder(model_spec))
     base_answers = None
     if steering is not None:

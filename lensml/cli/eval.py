@@ -31,12 +31,12 @@ import torch
 from lensml.cli.args import add_config_arguments, overrides_of
 from lensml.errors import LensError
 from lensml.evaluation import benchmarks, tasks
-from lensml.evaluation.suite import EvalConfig, evaluate, judge_failures
+from lensml.evaluation.suite import EvalConfig, check_result_free, evaluate, judge_failures
 from lensml.methods.steer.hooks import Steering
 from lensml.recipes.config import load_config
 from lensml.results.benchmark_results import comparison_table
 from lensml.results.benchmark_table import write_table
-from lensml.results.method_table import compare_runs, output_paths
+from lensml.results.method_table import REFERENCES, compare_runs, output_paths
 from lensml.results.rundir import RunDir
 from lensml.runtime.models import ModelConfig, load_model
 
@@ -83,6 +83,9 @@ def add_eval_commands(subparsers, parents=()) -> None:
                                  "folder (compare.md/.json/.png); for result JSONs this file")
     c.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an existing --out (default: False)")
+    c.add_argument("--reference", metavar="|".join(REFERENCES),
+                   help="run folders only: print a published table beside ours; paper: the LENS paper's Table 5 "
+                        "(trainable share, instruction data, training time) for each of its methods (default: none)")
     c.set_defaults(func=cmd_compare)
 
 
@@ -101,8 +104,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise LensError(f"--out {out} is a directory: give a file name such as {out / 'results.json'}")
-    if out.exists() and not args.overwrite:
-        raise LensError(f"output {out} already exists: pass --overwrite or choose another --out")
+    check_result_free(out, args.overwrite)  # before the model loads
     cfg = load_config(None, overrides_of(args, "eval"), EvalConfig)  # validated before the model loads
     model_cfg = load_config(None, overrides_of(args, "model"), ModelConfig)
     steering = _steering(args, cfg)  # checked before the model loads
@@ -120,8 +122,11 @@ def cmd_eval(args) -> int:
     failed = judge_failures(doc)
     if failed:
         e = failed[0]
-        raise LensError(f"the judge failed on {e['task']}:{e['language']} ({e['judge_error']}); answers saved in "
-                        f"{out.parent / e['answers_file']}, results without a score in {out}: fix the judge and rerun")
+        scored = (f"results in {out} score {e['n_rated']} of {e['n_rated'] + e['n_unrated'] + e['n_failed']} turns"
+                  if e.get("judged") else f"results without a score in {out}")
+        more = f" (and {len(failed) - 1} more tasks)" if len(failed) > 1 else ""
+        raise LensError(f"the judge failed on {e['task']}:{e['language']}{more} ({e['judge_error']}); answers saved in "
+                        f"{out.parent / e['answers_file']}, {scored}: fix the judge and rerun (ratings given are cached)")
     return 0
 
 
@@ -139,11 +144,15 @@ def _steering(args, cfg):
 
 
 def cmd_compare(args) -> int:
+    reference = getattr(args, "reference", None)
     if all(RunDir(f).is_run() for f in args.files):  # runs of `lens run`: the methods table (Tables 1 and 5)
-        print(compare_runs(args.files, args.out, args.overwrite), end="")
+        print(compare_runs(args.files, args.out, args.overwrite, reference), end="")
         if args.out:
             print("wrote " + ", ".join(str(p) for p in output_paths(args.out).values()))
         return 0
+    if reference is not None:
+        raise LensError("--reference compares run folders of `lens run` with the paper: give run folders, not "
+                        "result JSONs")
     table = comparison_table(args.files)
     print(table, end="")
     if args.out:

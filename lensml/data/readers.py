@@ -92,6 +92,59 @@ def iter_csv(path: Path, delimiter: str = ",") -> Iterator[tuple[dict, str]]:
         yield {k: v for k, v in row.items() if k is not None}, f"{path}:{reader.line_num}"
 
 
+def stream_table(path: Path) -> Iterator[tuple[dict, str]]:
+    """Rows of a data file read as they are needed, for data too large to hold (xsft-full's --sft.full-data).
+
+    JSONL line by line, CSV/TSV row by row, Parquet batch by batch; a .json array has to be
+    parsed whole (JSON has no streaming form in the standard library), so it is read as iter_table does.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise LensError(f"data file {path} does not exist: check the path" if not path.exists() else
+                        f"{path} is a folder, not a data file: point at a file")
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq  # optional dependency, only for parquet copies of Hub datasets
+        except ImportError as err:
+            raise LensError(f"reading {path} needs pyarrow: pip install pyarrow (or convert it to JSONL)") from err
+        i = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield row, f"{path}: row {i}"
+                i += 1
+        return
+    if suffix == ".json":
+        yield from iter_json_array(path)
+        return
+    if suffix in (".csv", ".tsv"):
+        yield from _stream_csv(path, "\t" if suffix == ".tsv" else ",")
+        return
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode(raw, path, lineno)
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LensError(f"{where}: not valid JSON ({err.msg}): fix or remove the line") from err
+            if not isinstance(row, dict):
+                raise LensError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield row, where
+
+
+def _stream_csv(path: Path, delimiter: str) -> Iterator[tuple[dict, str]]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            for row in reader:
+                yield {k: v for k, v in row.items() if k is not None}, f"{path}:{reader.line_num}"
+    except UnicodeDecodeError as err:
+        raise LensError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x}): re-save the file as UTF-8") from err
+
+
 def iter_table(path: Path) -> Iterator[tuple[dict, str]]:
     """Rows of a .jsonl, .json (array), .csv/.tsv or .parquet file, chosen by its suffix."""
     path = Path(path)

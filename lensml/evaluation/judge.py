@@ -9,9 +9,12 @@ environment variable whose *name* is configured; its value is never logged or st
 Every judgment is cached on disk under a hash of (endpoint, judge model, messages), so
 a rerun never pays twice and switching endpoints never reuses another judge's scores;
 transient failures (5xx, 429, timeouts) are retried with exponential backoff, or after
-the server's Retry-After (capped), and are not cached. Other failures (401, 404, a
-malformed answer) raise JudgeError at once: the caller keeps what it has (MT-Bench
-keeps its answers). An error never repeats the server's reply: a server that echoes
+the server's Retry-After (capped), and are not cached. Other failures (401, 404, an
+HTML page or bytes that are not UTF-8 where JSON belongs, a malformed answer) raise JudgeError
+at once. Either way a request that got no rating comes back from judge_many with its reason in
+`error` (never as "no parsable rating", which is kept for a judge that answered without one), so
+the caller keeps what it has and can say why the rest is missing (MT-Bench keeps its answers).
+An error never repeats the server's reply: a server that echoes
 the request would show the API key; only the status and the JSON `error.message`
 (key redacted, shortened) are reported.
 """
@@ -19,6 +22,7 @@ the request would show the API key; only the status and the JSON `error.message`
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -230,9 +234,13 @@ class JudgeClient:
             return None
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None  # a damaged entry is asked again and rewritten
-        return Judgment(doc.get("rating"), doc.get("judgment", ""), cached=True)
+        except (OSError, ValueError):  # not JSON, or not UTF-8
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("judgment"), str) or \
+                not isinstance(doc.get("rating"), (int, float, type(None))):
+            log.warning("judge cache entry %s is damaged: asking the judge again", path)
+            return None  # asked again and rewritten
+        return Judgment(doc["rating"], doc["judgment"], cached=True)
 
     def _store(self, key: str, judgment: Judgment) -> None:
         write_json_atomic(self.cache / f"{key}.json", {"endpoint": _public_url(self.endpoint), "model": self.cfg.model,
@@ -245,26 +253,43 @@ class JudgeClient:
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        where = _public_url(self.url)
         try:
             with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
-                doc = json.loads(response.read().decode("utf-8"))
+                kind = response.headers.get_content_type()
+                raw = response.read()
+            text = raw.decode("utf-8")
+            doc = json.loads(text)
         except urllib.error.HTTPError as err:
             if err.code >= 500 or err.code == 429:
-                raise _Retryable(f"HTTP {err.code}", retry_after_s(err.headers.get("Retry-After"))) from None
+                wait = retry_after_s(err.headers.get("Retry-After"))
+                raise _Retryable(f"HTTP {err.code}" + (f" (Retry-After {wait:g} s)" if wait else ""), wait) from None
             try:
                 detail = error_detail(err.read(), [self._key or ""])
             except OSError:
                 detail = ""
             raise JudgeError(f"judge endpoint {_public_url(self.url)} answered HTTP {err.code}"
                              + (f": {detail}" if detail else "")) from None
-        except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as err:
-            raise _Retryable(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from err
+        except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as err:
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, (TimeoutError, socket.timeout)) or isinstance(err, (TimeoutError, socket.timeout)):
+                raise _Retryable(f"no answer from {where} within {self.cfg.timeout_s:g} s (--judge.timeout-s)") from err
+            raise _Retryable(f"cannot reach {where} ({type(err).__name__}: {reason})") from err
+        except UnicodeDecodeError as err:
+            raise JudgeError(f"judge endpoint {where} answered with bytes that are not UTF-8 text, not a JSON "
+                             f"reply: check --judge.base-url") from err
         except json.JSONDecodeError as err:
-            raise _Retryable("answer is not JSON") from err
+            if kind == "text/html" or text.lstrip().startswith("<"):
+                raise JudgeError(f"judge endpoint {where} answered with an HTML page, not a JSON reply: check "
+                                 f"--judge.base-url (an OpenAI-compatible API, e.g. https://HOST/v1)") from err
+            raise _Retryable(f"the answer of {where} is not JSON") from err
         try:
-            return doc["choices"][0]["message"]["content"] or ""
+            content = doc["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError) as err:
-            raise JudgeError(f"judge endpoint {_public_url(self.url)} answered without choices[0].message.content") from err
+            raise JudgeError(f"judge endpoint {where} answered without choices[0].message.content") from err
+        if content is not None and not isinstance(content, str):
+            raise JudgeError(f"judge endpoint {where} answered a {type(content).__name__} as message.content, not text")
+        return content or ""
 
     def judge(self, messages: list[dict]) -> Judgment:
         """One judgment: from the cache, or asked with retries (transient failures come back as error, uncached;
@@ -281,8 +306,9 @@ class JudgeClient:
                 text = self._post(messages)
             except _Retryable as err:
                 if attempt == self.cfg.retries:
-                    log.warning("judge request failed after %d tries: %s", attempt + 1, err)
-                    return Judgment(None, "", error=str(err))
+                    tries = f"{attempt + 1} tries" if attempt else "1 try"
+                    log.warning("judge request failed after %s: %s", tries, err)
+                    return Judgment(None, "", error=f"{err} (after {tries})")
                 wait = delay if err.wait_s is None else min(err.wait_s, self.cfg.retry_after_max_s)
                 log.info("judge request failed (%s); retry in %.1fs", err, wait)
                 time.sleep(wait)
@@ -296,8 +322,15 @@ class JudgeClient:
             return judgment
         raise AssertionError("unreachable")
 
+    def _judge_or_error(self, messages: list[dict]) -> Judgment:
+        try:
+            return self.judge(messages)
+        except JudgeError as err:  # the reason travels with the judgment: the others keep their ratings
+            return Judgment(None, "", error=str(err))
+
     def judge_many(self, conversations: list[list[dict]]) -> list[Judgment]:
-        """Judgments in input order; identical prompts are asked once."""
+        """Judgments in input order; identical prompts are asked once. None raises: a judgment the judge
+        did not give carries the reason in `error` (JudgeError or transient failures after every retry)."""
         unique: dict[str, list[dict]] = {}
         keys = []
         for messages in conversations:
@@ -305,5 +338,5 @@ class JudgeClient:
             keys.append(key)
             unique.setdefault(key, messages)
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
-            answers = dict(zip(unique, pool.map(self.judge, unique.values())))
+            answers = dict(zip(unique, pool.map(self._judge_or_error, unique.values())))
         return [answers[k] for k in keys]

@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import __version__ as transformers_version
 
@@ -21,7 +24,7 @@ from lensml.errors import LensError
 from lensml.evaluation.degeneration import degeneration
 from lensml.evaluation.metrics import share
 from lensml.evaluation.scores import LanguageScores, QuickEval, Retention
-from lensml.io import write_json_atomic
+from lensml.io import TMP_MARK, chmod_default, write_json_atomic
 from lensml.runtime.decoding import Generation
 from lensml.runtime.generation import MAX_PROMPT_TOKENS, answer_nll, answer_nll_from_states, generate, own_nll
 from lensml.runtime.langid import LanguageIdentifier
@@ -134,15 +137,23 @@ def _hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
         h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def _save_states(path, answers: Answers) -> None:
+def _save_states(path: Path, answers: Answers) -> None:
+    """Write to a temporary name of this process's own and rename: concurrent runs never mix their bytes,
+    and whichever finishes last leaves a complete file (both hold the same states)."""
     lengths = torch.tensor([s.shape[0] for s in answers.central_states])
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"states": torch.cat(answers.central_states).contiguous(), "lengths": lengths}, str(tmp),
-              metadata={"lower": answers.lower, "start": str(answers.start)})
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-")
+    os.close(fd)
+    try:
+        save_file({"states": torch.cat(answers.central_states).contiguous(), "lengths": lengths}, tmp,
+                  metadata={"lower": answers.lower, "start": str(answers.start)})
+        chmod_default(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
-def _load_states(path, start: int) -> tuple[list[torch.Tensor], str] | None:
+def _load_states(path: Path, start: int) -> tuple[list[torch.Tensor], str] | None:
     if not path.is_file():
         return None
     with safe_open(str(path), "pt") as f:
@@ -150,7 +161,29 @@ def _load_states(path, start: int) -> tuple[list[torch.Tensor], str] | None:
         if meta.get("start") != str(start):
             return None
         states, lengths = f.get_tensor("states"), f.get_tensor("lengths").tolist()
+    if not isinstance(meta.get("lower"), str) or sum(lengths) != states.shape[0]:
+        raise ValueError("states and lengths disagree")
     return list(torch.split(states, lengths)), meta["lower"]
+
+
+def _read_cache(path: Path, states_path: Path | None, start: int | None) -> tuple[dict, tuple | None] | None:
+    """The cached base answers (and layer states), or None when absent; an entry that does not load is
+    logged and removed (it would fail every later run otherwise), so the caller recomputes and rewrites it."""
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(doc, dict) and isinstance(doc.get("answers"), dict)
+                and isinstance(doc.get("central_ids"), list) and isinstance(doc.get("central_nll"), (int, float))):
+            raise TypeError("not a base-answer record")
+        kept = _load_states(states_path, start) if states_path is not None else None
+    except (OSError, ValueError, TypeError, SafetensorError) as err:  # ValueError: bad JSON, not UTF-8
+        log.warning("removing the damaged base-answer cache entry %s (%s): answering again", path, err)
+        for damaged in (path, states_path):
+            if damaged is not None:
+                damaged.unlink(missing_ok=True)
+        return None
+    return doc, kept
 
 
 def base_key(model, tokenizer, prompts: dict[str, list[str]], central: str, cfg: QuickEvalConfig) -> str:
@@ -180,15 +213,12 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
     """
     path = cache_dir() / "answers" / f"{base_key(model, tokenizer, prompts, central, cfg)}.json" if cfg.reuse_base else None
     states_path = path.with_name(f"{path.stem}.L{start}.safetensors") if path is not None and start is not None else None
-    if path is not None and path.is_file():
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            kept = _load_states(states_path, start) if states_path is not None else None
-            log.info("base answers reused from %s (same weights, template, prompts and decoding)", path)
-            return Answers(prompts, central, doc["answers"], doc["central_nll"], doc["central_ids"], start,
-                           *(kept or (None, None)))
-        except (OSError, ValueError, KeyError) as err:
-            log.warning("ignoring unreadable base-answer cache %s (%s)", path, err)
+    cached = _read_cache(path, states_path, start) if path is not None else None
+    if cached is not None:
+        doc, kept = cached
+        log.info("base answers reused from %s (same weights, template, prompts and decoding)", path)
+        return Answers(prompts, central, doc["answers"], doc["central_nll"], doc["central_ids"], start,
+                       *(kept or (None, None)))
     answers, gens = answer_prompts(model, tokenizer, prompts, cfg, "base", capture=start)
     states = [g.states for g in gens[central]] if start is not None else None
     if states is not None and any(s is None for s in states):

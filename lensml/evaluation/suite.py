@@ -10,7 +10,8 @@ Tasks are dispatched by their benchmark's kind: multiple-choice items are scored
 (lensml.evaluation.scoring), generation benchmarks run themselves. Every benchmark's
 `prepare` runs before the first task, so a missing judge key or language identifier
 fails before any model time is spent. A judge that fails while judging does not fail
-the run: the entry is marked unjudged with `judge_error` (see `judge_failures`).
+the run: the entry keeps what was judged and says why the rest was not in `judge_error`
+(see `judge_failures`). --overwrite replaces only an earlier result file (is_result_file).
 
 The result file (model, per-task language, mode, n, metric, value, standard error,
 timings, versions, options) is what `lens compare` reads; it is written to a
@@ -20,6 +21,7 @@ temporary file and renamed, so an interrupted run never leaves a half file.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -68,6 +70,27 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
+def is_result_file(path: Path) -> bool:
+    """A result JSON that lensml wrote (its results list and the lensml version that wrote it)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("results"), list) and \
+        isinstance(doc.get("versions"), dict) and "lensml" in doc["versions"]
+
+
+def check_result_free(path: Path, overwrite: bool) -> None:
+    """The result file may be written: absent, or --overwrite of an earlier result (never of another file)."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise LensError(f"result file {path} already exists: pass --overwrite or choose another --out")
+    if not is_result_file(path):
+        raise LensError(f"{path} exists and is not a lensml result file, so --overwrite will not replace it: "
+                        f"remove it yourself or choose another --out")
+
+
 def judge_failures(doc: dict) -> list[dict]:
     """Result entries whose judge failed (their answers are saved; the score is missing)."""
     return [e for e in doc["results"] if e.get("judge_error")]
@@ -103,8 +126,7 @@ def evaluate(model, tokenizer, model_name: str, cfg: EvalConfig, out_dir: str | 
     specs = parse_tasks(cfg.tasks)
     out_dir = Path(out_dir)
     result_path = out_dir / result_file
-    if result_path.exists() and not overwrite:
-        raise LensError(f"result file {result_path} already exists: pass --overwrite or choose another --out")
+    check_result_free(result_path, overwrite)
     ctx = RunContext(model_name, cfg, out_dir, Path(result_file).stem)
     plan = [(spec, benchmarks.get(spec.name)) for spec in specs]
     for spec, benchmark in plan:
@@ -133,5 +155,6 @@ def evaluate(model, tokenizer, model_name: str, cfg: EvalConfig, out_dir: str | 
            "timings_s": {"total": time.perf_counter() - started}}
     if result_path.exists() and not overwrite:
         raise LensError(f"result file {result_path} appeared while evaluating: pass --overwrite")
+    check_result_free(result_path, overwrite)
     write_json_atomic(result_path, doc)
     return doc

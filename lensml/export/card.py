@@ -139,8 +139,11 @@ def write_model_card(path: Path, report: RunReport, manifest: dict, repo: str | 
     ])
     card = ModelCard.from_template(
         _card_data(report, "transformers", []), template_str=TEMPLATE, title=f"{base} + {report.method}",
-        summary=f"`{base}` with its language representations edited by lensml ({report.method}) so that it "
-                f"answers better in {', '.join(_targets(report))}.",
+        summary=(f"`{base}` trained by lensml ({report.method}) without a measurable change of its weights "
+                 f"(saved with --allow-unchanged): this is the base model, not an enhanced one."
+                 if train and train.unchanged else
+                 f"`{base}` with its language representations edited by lensml ({report.method}) so that it "
+                 f"answers better in {', '.join(_targets(report))}."),
         details=details, table=report.table(), repo=repo or "PATH/TO/model", version=__version__,
         job=_job(manifest, ""))
     write_text_atomic(path, str(card))

@@ -5,8 +5,10 @@ whole enhanced checkpoint (re-quantising layers that never changed), the source 
 is copied (lensml.export.gguf_file): every key-value and every untouched tensor byte for byte, and each changed
 tensor is written in the source's own quantisation type where gguf-py can quantise it
 (else F16), or in F16/F32 when asked. HF -> GGUF tensor processing is the inverse of
-transformers' GGUF loader: Llama's Q/K rows are permuted back to llama.cpp's rotary
-layout, Gemma's norm weights get their +1 back.
+transformers' GGUF loader: Llama's (and Mistral's) Q/K rows are permuted back to llama.cpp's
+rotary layout, Gemma's norm weights get their +1 back, Qwen3-MoE's fused expert gate/up tensor
+is split in two; Qwen2, Qwen3 and Phi-3 (fused qkv_proj and gate_up_proj, as llama.cpp keeps
+them) are stored as they are.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, quants
 from gguf import GGMLQuantizationType as Q
-from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
 from lensml.errors import LensError
 from lensml.export.gguf_file import GGUFFile, write_copy
@@ -38,8 +40,17 @@ def _permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.nda
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+#: GGUF architectures whose tensors transformers' GGUF loader takes as stored, each checked by a read-back test
+#: (tests/families/test_gguf.py): Qwen2's q/k/v biases and Qwen3's q/k norms unpermuted, and Phi-3's fused
+#: qkv_proj and gate_up_proj, which llama.cpp keeps fused (attn_qkv, ffn_up of twice the width).
+AS_STORED = ("qwen2", "qwen3", "phi3")
+#: Every GGUF architecture export_gguf writes (the others are refused before anything is written).
+SUPPORTED = ("llama", "gemma2", "gemma3", "nemotron", "qwen3moe", *AS_STORED)
+
+
 def _to_gguf_layout(arch: str, gguf_name: str, w: np.ndarray, config) -> np.ndarray:
-    if arch == "llama":
+    """One HF tensor in the layout llama.cpp's converter gives it: the inverse of transformers' GGUF loader."""
+    if arch == "llama":  # also Mistral's files: llama.cpp writes them as llama
         if ".attn_q." in gguf_name:
             return _permute(w, config.num_attention_heads, config.num_attention_heads)
         if ".attn_k." in gguf_name:
@@ -47,8 +58,19 @@ def _to_gguf_layout(arch: str, gguf_name: str, w: np.ndarray, config) -> np.ndar
         return w
     if arch in ("gemma2", "gemma3", "nemotron"):
         return w + 1 if "norm.weight" in gguf_name else w
-    raise LensError(f"GGUF export does not know the tensor layout of architecture '{arch}': use OUT/model "
-                    f"(or llama.cpp's convert_hf_to_gguf.py on it)")
+    if arch == "qwen3moe":
+        # transformers fuses each layer's experts into gate_up_proj (E, 2I, H), gate rows first; GGUF keeps
+        # ffn_gate_exps and ffn_up_exps (E, I, H) apart, and both map to that one parameter.
+        half = w.shape[1] // 2 if w.ndim == 3 else 0
+        if ".ffn_gate_exps." in gguf_name:
+            return w[:, :half]
+        if ".ffn_up_exps." in gguf_name:
+            return w[:, half:]
+        return w
+    if arch in AS_STORED:
+        return w
+    raise LensError(f"GGUF export does not know the tensor layout of architecture '{arch}' (it knows "
+                    f"{', '.join(SUPPORTED)}): use OUT/model (or llama.cpp's convert_hf_to_gguf.py on it)")
 
 
 def _encode(w: np.ndarray, source_type, wanted: str):
@@ -72,8 +94,13 @@ def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, cha
     source, target = Path(source), Path(target)
     src = GGUFFile(source)
     try:
+        if src.architecture not in SUPPORTED:
+            _to_gguf_layout(src.architecture, "", np.zeros(0), model.config)  # refused before anything is written
+        # Names as the file's architecture spells them (a Mistral model read from a llama file has model_type
+        # mistral, which gguf-py has no map for), with that architecture's own name processing (MoE experts).
+        processor = TENSOR_PROCESSORS.get(src.architecture, TensorProcessor)(config=model.config.to_dict())
         with reading_once():  # the name map once, not per submodule
-            hf_of = get_gguf_hf_weights_map(model, TensorProcessor())
+            hf_of = get_gguf_hf_weights_map(model, processor, model_type=src.architecture)
         params = dict(model.named_parameters())
         wanted = set(changed)
         replaced: dict[str, tuple[bytes, int]] = {}

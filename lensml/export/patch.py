@@ -6,6 +6,9 @@ names, and patch_config.json the base model, a fingerprint of the base tensors t
 patch replaces (sha256 over their original bytes, in name order), the method and its
 options. Applying it to any other weights is refused: the fingerprint would differ.
 Plain transformers can apply it too: load_state_dict(load_file(...), strict=False).
+
+patch_config.json also records how far the run moved the weights (weight_change): a run whose
+weights did not move measurably is not an enhanced model, and says so (WeightChange).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +48,60 @@ def snapshot(model, names: list[str]) -> dict[str, torch.Tensor]:
     return {n: params[n].detach().to("cpu", copy=True) for n in names}
 
 
+@dataclass
+class WeightChange:
+    """How far training moved the trained tensors, each measured against its own scale.
+
+    relative: the largest over tensors of max|W_after - W_before| / max|W_before| (an all-zero tensor is
+    measured against the largest weight of all trained tensors). The weights moved measurably when it
+    exceeds bound = eps(dtype)^2, the square of the dtype's relative resolution (float32 1.4e-14,
+    float16 9.5e-7, bfloat16 6.1e-5): any real optimiser step (Adam moves a weight by about lr,
+    and a bf16 weight by at least one unit in its last place) is orders of magnitude above it,
+    while a learning rate of 1e-30 or all-zero loss weights stay orders of magnitude below.
+    """
+
+    relative: float
+    tensor: str | None        # the tensor with the largest relative change
+    bound: float
+    changed_tensors: int      # tensors whose bytes differ at all
+    tensors: int
+
+    @property
+    def moved(self) -> bool:
+        return self.relative > self.bound
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "moved": self.moved}
+
+    def describe(self) -> str:
+        if not self.changed_tensors:
+            return f"none of the {self.tensors} trained tensors changed at all"
+        return (f"the largest change is {self.relative:.2g} of its tensor's largest weight ({self.tensor}), "
+                f"below {self.bound:.2g}, the resolution of the weights' dtype squared")
+
+
+@torch.no_grad()
+def weight_change(model, originals: dict[str, torch.Tensor]) -> WeightChange:
+    """Compare the named parameters of model with their copies taken before training (snapshot)."""
+    params = dict(model.named_parameters())
+    scale = max((float(t.abs().max()) for t in originals.values() if t.numel()), default=0.0)
+    best, where, changed, bound = 0.0, None, 0, 0.0
+    for name, before in originals.items():
+        after = params[name].detach()
+        bound = max(bound, torch.finfo(before.dtype).eps ** 2) if before.is_floating_point() else bound
+        if after.numel() == 0:
+            continue
+        diff = float((after.float() - before.to(after.device).float()).abs().max())
+        if diff == 0.0:
+            continue
+        changed += 1
+        own = float(before.abs().max())
+        rel = diff / (own or scale or 1.0)
+        if rel > best:
+            best, where = rel, name
+    return WeightChange(best, where, bound, changed, len(originals))
+
+
 def save_patch(model, originals: dict[str, torch.Tensor], directory: str | os.PathLike, info: dict) -> dict:
     """Write the tensors that differ from originals; returns the patch config (empty tensors list if none)."""
     params = dict(model.named_parameters())
@@ -57,6 +115,17 @@ def save_patch(model, originals: dict[str, torch.Tensor], directory: str | os.Pa
         save_file(changed, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(dumps(cfg), encoding="utf-8")
     return cfg
+
+
+def read_weight_change(directory: str | os.PathLike) -> dict | None:
+    """The weight_change a patch folder records (WeightChange.to_dict), None when it has none."""
+    path = Path(directory) / CONFIG
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    change = doc.get("weight_change") if isinstance(doc, dict) else None
+    return change if isinstance(change, dict) else None
 
 
 def read_patch(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:

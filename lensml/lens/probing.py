@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,8 @@ from lensml.runtime.models import decoder_of, input_device, steady_attention
 from lensml.runtime.shared_prefix import batch_for, past_kwargs
 from lensml.runtime.templating import encode_prompts, length_sorted_batches
 from lensml.runtime.topblock import TopBlock, capturing_all, shared_prefix
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,6 +123,17 @@ def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: s
     return (distributed.all_reduce_sum(total) / len(ids)).cpu()
 
 
+def _warn_thin(lang: str, texts: list[str]) -> None:
+    """A language mean of one text is that text's state, and a duplicated text counts twice: say so."""
+    if len(texts) == 1:
+        log.warning("probe data has one text for '%s': its language mean is that one text's state; add more texts",
+                    lang)
+    repeats = len(texts) - len(set(texts))
+    if repeats:
+        log.warning("probe data for '%s' repeats %d of its %d texts: each copy weighs in the language mean again; "
+                    "remove the duplicates", lang, repeats, len(texts))
+
+
 def _hash_texts(texts: list[str]) -> str:
     return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()[:16]
 
@@ -145,6 +159,7 @@ def probe(model, tokenizer, texts_by_lang: dict[str, list[str]], central: str, c
             raise LensError(f"probe data has no texts for '{lang}': add some")
         selected[lang] = texts[:n]
         counts[lang] = n
+        _warn_thin(lang, selected[lang])
     means = torch.stack([language_means(model, tokenizer, selected[lang], cfg, desc=f"probe {lang}",
                                         cache=[c for c in _caches(cache) if lang in c.ids], lang=lang)
                          for lang in tqdm(languages, desc="probing", leave=False)], dim=1)

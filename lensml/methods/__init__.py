@@ -4,8 +4,8 @@ A method is one unit: a module holding its `Method` subclass and, if it has opti
 config dataclass; one `register(...)` line below ties the name, the class and the config
 together (peft's register_peft_method, for the same reason: nothing else needs an edit).
 A config becomes a section of RunConfig, YAML and the `lens run` / `lens train` / `lens
-sweep` flags (`--SECTION.option`); several methods may share one section (xsft, xsft-full
-and qalign read `sft`), which is why the section is named apart from the method.
+sweep` flags (`--SECTION.option`); several methods may share one section (xsft, xsft-full,
+xsft-top and qalign read `sft`), which is why the section is named apart from the method.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from lensml.errors import LensError
 from lensml.methods.base import Method, MethodInputs
 from lensml.methods.lens import LensMethod
 from lensml.methods.qalign import QAlignMethod
-from lensml.methods.sft import SFTConfig, XSFTFullMethod, XSFTMethod
+from lensml.methods.sdrrl import SDRRLConfig, SDRRLMethod
+from lensml.methods.sft import SFTConfig, XSFTFullMethod, XSFTMethod, XSFTTopMethod
 from lensml.methods.steer import SteerConfig, SteerMethod
 
 
@@ -119,6 +120,8 @@ register("xsft", XSFTMethod, SFTConfig, section="sft")
 register("xsft-full", XSFTFullMethod, SFTConfig, section="sft")
 register("qalign", QAlignMethod, SFTConfig, section="sft")
 register("steer", SteerMethod, SteerConfig)
+register("sdrrl", SDRRLMethod, SDRRLConfig)
+register("xsft-top", XSFTTopMethod, SFTConfig, section="sft")
 
 __all__ = ["Method", "MethodInputs", "Registration", "get", "names", "options_of", "register", "registration",
            "section_titles", "sections", "unregister"]

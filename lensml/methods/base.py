@@ -52,6 +52,12 @@ class Method(ABC):
     #: patch or GGUF, but calls save_pretrained for whatever reproduces the method's effect.
     changes_weights: ClassVar[bool] = True
 
+    def role(self, cfg: TrainConfig) -> str:
+        """"paper": the method as the LENS paper runs it (a row of its Tables 1 and 5); "control": a
+        comparison lensml adds, or a paper method run otherwise (e.g. a baseline on LENS's layers only).
+        `lens compare` shows the two apart; each method records its role in TrainResult.resolved["role"]."""
+        return "paper"
+
     def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
         """Names of the parameters train() may change (what a patch is cut from). Default: all of them."""
         return [name for name, _ in model.named_parameters()]
@@ -65,7 +71,11 @@ class Method(ABC):
         """
 
     def response_languages(self, languages: list[str], central: str, options=None) -> list[str]:
-        """Languages whose responses the training data must hold (checked before the model loads)."""
+        """Languages whose responses the training data must hold (checked before the model loads).
+
+        Every recipe calls this before loading the model, so a method with inputs of its own (xsft-full's
+        --sft.full-data, sdrrl's translator) checks them here too: a bad one fails in a line, before minutes of work.
+        """
         return []
 
     def detach(self) -> None:

@@ -126,7 +126,8 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     total = sum(p.numel() for p in model.parameters())
     cfg = size_defaults(cfg, total)
     result = TrainResult(method="lens", steps=0, lr=cfg.lr, trainable_parameters=sum(p.numel() for p in params),
-                         total_parameters=total, resolved=dataclasses.asdict(cfg))
+                         total_parameters=total, resolved={**dataclasses.asdict(cfg), "role": "paper",
+                                                           "instruction_rows": len(cache)})
     result.timings_s["reference_cache"] = time.perf_counter() - t0
     objective = LensObjective.from_subspace(subspace, langs, central, cfg.loss, device)
     if cfg.gradient_checkpointing:
@@ -135,7 +136,7 @@ def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, st
     model.train()
     try:
         optimise(params, len(cache), cfg, lambda idx, w: micro_step(block, cache, objective, idx, langs, device, w),
-                 result, TERMS, device, log_path)
+                 result, TERMS, device, log_path, model=model)
     finally:
         for module in offloaded:
             module.to(device)

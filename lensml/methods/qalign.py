@@ -3,19 +3,20 @@
 Stage 1 teaches the model to turn a target-language question into the same question in
 the central language (the parallel prompts are exactly that data); stage 2 instruction-tunes
 on central-language (prompt, response) pairs. The idea is that the model then routes a
-foreign question through the English it understands. Both stages train the same layers
-as xSFT/LENS (--start-layer), each with its own pass of the shared optimiser and schedule.
+foreign question through the English it understands. As the LENS paper ran it, both stages
+train every parameter (Table 5: 100%), each with its own pass of the shared optimiser and
+schedule; given --train.start-layer, only those layers (a control).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 from lensml.methods.base import MethodInputs
-from lensml.methods.sft import _SFT, SFTConfig, build_examples, fine_tune, responses_of, trainable
-from lensml.training import TrainConfig, TrainResult, size_defaults
+from lensml.methods.finetune import build_examples, fine_tune
+from lensml.methods.sft import SFTConfig, SFTMethod, responses_of
+from lensml.training import TrainConfig, TrainResult
 
 
 def stage_pairs(rows: list[dict[str, str]], responses: list[dict[str, str]] | None, central: str,
@@ -30,8 +31,9 @@ def stage_pairs(rows: list[dict[str, str]], responses: list[dict[str, str]] | No
     return stage1, stage2
 
 
-class QAlignMethod(_SFT):
-    description = "QAlign: train question translation (target -> central), then instruction-tune on the central language"
+class QAlignMethod(SFTMethod):
+    description = ("QAlign (LENS paper): train question translation (target -> central), then instruction-tune on "
+                   "the central language; every parameter")
 
     def response_languages(self, languages: list[str], central: str, options: SFTConfig | None = None) -> list[str]:
         return [central]
@@ -43,12 +45,9 @@ class QAlignMethod(_SFT):
         n = cfg.samples if cfg.samples is not None else len(inputs.rows)
         t0 = time.perf_counter()
         stage1, stage2 = stage_pairs(inputs.rows[:n], responses[:n], inputs.central, inputs.targets)
-        ex1, ex2 = build_examples(tokenizer, stage1, cfg, sft), build_examples(tokenizer, stage2, cfg, sft)
-        params = trainable(model, cfg, self.full)
-        total = sum(p.numel() for p in model.parameters())
-        cfg = size_defaults(cfg, total)
-        result = TrainResult(method=self.name, steps=0, lr=cfg.lr, trainable_parameters=sum(p.numel() for p in params),
-                             total_parameters=total, resolved={**dataclasses.asdict(cfg), "sft": dataclasses.asdict(sft)})
+        ex1 = build_examples(tokenizer, stage1, cfg, sft.max_response_tokens)
+        ex2 = build_examples(tokenizer, stage2, cfg, sft.max_response_tokens)
+        cfg, params, result = self.start(model, cfg, sft, instruction_rows=ex1.pairs + ex2.pairs)
         result.timings_s["tokenize"] = time.perf_counter() - t0
         fine_tune(model, tokenizer, ex1, cfg, params, result, log_path, self.block(model, cfg))
         stage1_s, stage1_steps = result.timings_s["steps"], result.steps

@@ -1,244 +1,72 @@
-"""Supervised fine-tuning baselines: xSFT (top layers) and xSFT-Full (every parameter), as in the LENS paper.
+"""Supervised fine-tuning baselines, as the LENS paper ran them, and the control it lacks.
 
-The model learns target-language (prompt, response) pairs under its chat template, with the
-loss on response tokens only. xSFT trains exactly the layers LENS trains (--start-layer), so
-the comparison isolates the objective; xSFT-Full trains everything. The optimiser, schedule,
-epochs, batch (prompts per step, each in every trained language) and seed are LENS's
-(lensml.training.optimise), so the runs compare step for step.
+- xsft: every parameter, on the run's own target-language (prompt, response) pairs: the same
+  rows and volume as LENS (paper, Table 5: 100% of the parameters, 0.8K rows).
+- xsft-full: every parameter, on all the target-language instruction data the user gives
+  (--sft.full-data, streamed: the paper used the whole of Aya and Bactrian-X, 111.5K rows for
+  Chinese). Without --sft.full-data it trains on the run's own rows, which makes it xsft, and says so.
+- xsft-top (a control, not in the paper): exactly LENS's trained layers, so that the
+  comparison isolates the objective from the number of trained weights.
+
+Any of the paper's baselines given --train.start-layer trains only those layers instead (and is
+then reported as a control). The optimiser, schedule, epochs, batch (prompts per step, each in
+every trained language) and seed are LENS's (lensml.training.optimise), so runs compare step for step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
+from lensml.data.instructions import Tally, check_full_data, stream_pairs
 from lensml.errors import LensError
 from lensml.methods.base import Method, MethodInputs
-from lensml.runtime.models import decoder_of, input_device
-from lensml.runtime.shared_prefix import after, batch_for, common_prefix_length, run_prefix, shareable
-from lensml.runtime.templating import length_sorted_batches, pad, render, tokenize_rendered
+from lensml.methods.finetune import (  # noqa: F401 - re-exported: the fine-tuning pieces' historical home
+    IGNORE,
+    Examples,
+    PackedExamples,
+    build_examples,
+    cache_inputs,
+    cached_response_loss,
+    encode_pair,
+    fine_tune,
+    response_loss,
+    shared_length,
+)
+from lensml.progress import progress
 from lensml.runtime.topblock import TopBlock
-from lensml.training import TrainConfig, TrainResult, optimise, size_defaults
+from lensml.training import TrainConfig, TrainResult, size_defaults, start_layer_given
 
-IGNORE = -100
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class SFTConfig:
     """Fine-tuning baselines.
 
-    One section for xsft, xsft-full and qalign (lensml.methods registers them all under `sft`):
-    they read responses the same way, so one setting of these options compares them fairly.
+    One section for xsft, xsft-full, xsft-top and qalign (lensml.methods registers them all under
+    `sft`): they read responses the same way, so one setting of these options compares them fairly.
     """
 
     include_central: bool = field(default=False, metadata={
         "help": "xsft: also train on the central language's (prompt, response) pairs"})
     max_response_tokens: int = field(default=192, metadata={
         "help": "token budget per response (cut from the right; the end-of-turn token is kept)"})
+    full_data: str | None = field(default=None, metadata={
+        "help": "xsft-full: all the target-language instruction data to train on, streamed: files or hf:OWNER/NAME"
+                "[:CONFIG][@SPLIT], each with an optional #prompt=COL,response=COL mapping (Alpaca, Aya, "
+                "Bactrian-X and chat `messages` rows are recognised), joined by ' + ' (default: none: the run's "
+                "own rows, i.e. xsft)"})
 
     def __post_init__(self):
         if self.max_response_tokens < 2:
             raise LensError(f"sft.max_response_tokens must be at least 2, got {self.max_response_tokens}")
-
-
-def _response_ids(tokenizer, prompt: str, response: str, system: str | None) -> list[int]:
-    """Tokens of the assistant turn as the chat template writes it (response + end-of-turn).
-
-    Rendering the whole conversation and cutting off the rendered prompt gives exactly the
-    tokens the model would produce, its end-of-turn marker included; a template whose
-    conversation does not start with its own generation prompt falls back to response + EOS.
-    """
-    prefix = render(tokenizer, prompt, system)
-    full = render(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                  system, generation_prompt=False)
-    if full.startswith(prefix) and len(full) > len(prefix):
-        return tokenizer(full[len(prefix):], add_special_tokens=False)["input_ids"]
-    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-
-
-def encode_pair(tokenizer, prompt: str, response: str, max_length: int, max_response: int,
-                system: str | None = None) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one templated pair; labels are IGNORE on the prompt.
-
-    The prompt is templated and cut from the left to max_length, as LENS reads prompts;
-    the response is cut from the right to max_response tokens, keeping its last token
-    (the end-of-turn marker), so the model still learns to stop.
-    """
-    p = tokenize_rendered(tokenizer, render(tokenizer, prompt, system), max_length)
-    r = _response_ids(tokenizer, prompt, response, system)
-    if len(r) > max_response:
-        r = r[:max_response - 1] + r[-1:]
-    return p + r, [IGNORE] * len(p) + r
-
-
-def pad_labels(labels: list[list[int]], width: int) -> torch.Tensor:
-    """Right-pad label lists with IGNORE (sequences are right-padded for training)."""
-    out = torch.full((len(labels), width), IGNORE, dtype=torch.long)
-    for i, seq in enumerate(labels):
-        out[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out
-
-
-def _loss_of(model, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy at the labelled positions, from final (post-norm) states.
-
-    Logits are computed only where a label exists (the LM head over a 49k-152k vocabulary is
-    the largest activation of a step), which gives the same value as the full computation.
-    """
-    shifted = target[:, 1:]
-    keep = shifted != IGNORE
-    if not keep.any():
-        raise LensError("no response tokens in a training batch: check the data's responses")
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), shifted[keep])
-
-
-def response_loss(model, input_ids: list[list[int]], labels: list[list[int]], pad_id: int, device,
-                  skip: int = 0) -> torch.Tensor:
-    """Mean next-token cross-entropy over the response tokens of a batch (full forward).
-
-    skip > 0: the first skip tokens are the examples' shared prefix (all prompt, no labels):
-    it runs once and the batch follows it, gradients included (lensml.runtime.shared_prefix).
-    """
-    if skip:
-        emb = model.get_input_embeddings()
-        head = emb(torch.tensor([input_ids[0][:skip]], device=device))
-        batch = after(pad([s[skip:] for s in input_ids], pad_id, side="right"), skip).to(device)
-        target = pad_labels([lab[skip:] for lab in labels], batch.input_ids.shape[1]).to(device)
-        _, (final,) = TopBlock(model, 0, as_tuple=False).after_prefix(head, [(batch, emb(batch.input_ids))])
-        return _loss_of(model, final, target)
-    batch = pad(input_ids, pad_id, side="right").to(device)
-    target = pad_labels(labels, batch.input_ids.shape[1]).to(device)
-    hidden = decoder_of(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids, use_cache=False).last_hidden_state
-    return _loss_of(model, hidden, target)
-
-
-def cached_response_loss(model, block: TopBlock, hidden_in: list[torch.Tensor], input_ids: list[list[int]],
-                         labels: list[list[int]], pad_id: int, device, skip: int = 0) -> torch.Tensor:
-    """response_loss from cached start-layer inputs: only the trained block and the LM head run."""
-    batch = pad([s[skip:] for s in input_ids], pad_id, side="right")
-    batch = (after(batch, skip) if skip else batch).to(device)
-    target = pad_labels([lab[skip:] for lab in labels], batch.input_ids.shape[1]).to(device)
-    h = hidden_in[0].new_zeros((len(input_ids), batch.input_ids.shape[1], hidden_in[0].shape[-1]))
-    for row, x in enumerate(hidden_in):
-        h[row, :x.shape[0] - skip] = x[skip:]
-    if not skip:
-        return _loss_of(model, block.forward(batch, h.to(device)), target)
-    _, (final,) = block.after_prefix(hidden_in[0][None, :skip].to(device), [(batch, h.to(device))])
-    return _loss_of(model, final, target)
-
-
-@dataclass
-class Examples:
-    """Tokenised training items: per row, one (ids, labels) per trained language."""
-
-    ids: list[list[list[int]]]
-    labels: list[list[list[int]]]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def build_examples(tokenizer, pairs: list[list[tuple[str, str]]], cfg: TrainConfig, sft: SFTConfig) -> Examples:
-    """pairs[row] is a list of (prompt, target) in each trained language."""
-    ids, labels = [], []
-    for row in pairs:
-        enc = [encode_pair(tokenizer, p, r, cfg.max_length, sft.max_response_tokens, cfg.system_prompt) for p, r in row]
-        ids.append([e[0] for e in enc])
-        labels.append([e[1] for e in enc])
-    return Examples(ids, labels)
-
-
-def trainable(model, cfg: TrainConfig, full: bool) -> list[torch.nn.Parameter]:
-    """Every parameter (xsft-full) or exactly LENS's trained block (xsft, qalign)."""
-    if full:
-        return list(model.parameters())
-    return TopBlock(model, cfg.start_layer).parameters()
-
-
-def shared_length(model, examples: Examples, enabled: bool) -> int:
-    """Tokens every example starts with (the template prefix), run once per pass (lensml.runtime.shared_prefix)."""
-    every = [seq for row in examples.ids for seq in row]
-    return common_prefix_length(every) if shareable(model, every, enabled) else 0
-
-
-@torch.no_grad()
-def cache_inputs(block: TopBlock, examples: Examples, pad_id: int, device, batch_size: int = 16,
-                 skip: int = 0) -> list[list[torch.Tensor]]:
-    """Start-layer inputs of every sequence, from one no-grad pass: the frozen layers below never change.
-
-    The same saving LENS takes (lensml.runtime.topblock): each step then runs only the trained block and the LM head.
-    skip: the shared prefix length; it runs once and heads every stored sequence.
-    """
-    flat = [(r, j) for r in range(len(examples)) for j in range(len(examples.ids[r]))]
-    hidden: list[list] = [[None] * len(row) for row in examples.ids]
-    head = pre = None
-    if skip:
-        with block.capturing() as captured:
-            pre, _ = run_prefix(decoder_of(block.model), examples.ids[0][0][:skip], device)
-        head = captured["h"][0]
-    for group in length_sorted_batches([len(examples.ids[r][j]) for r, j in flat], batch_size):
-        seqs = [examples.ids[flat[g][0]][flat[g][1]] for g in group]
-        batch, past = batch_for(pre, seqs, [x[skip:] for x in seqs], list(range(len(seqs))),
-                                pad_id, side="right")
-        h_in, _ = block.full(batch.to(device), past)
-        for k, g in enumerate(group):
-            r, j = flat[g]
-            own = h_in[k, :len(seqs[k]) - skip]
-            hidden[r][j] = (torch.cat([head, own]) if head is not None else own).clone()
-    return hidden
-
-
-def fine_tune(model, tokenizer, examples: Examples, cfg: TrainConfig, params: list[torch.nn.Parameter],
-              result: TrainResult, log_path: Path | None = None, block: TopBlock | None = None) -> TrainResult:
-    """One pass of lensml.training.optimise over examples, training params on the response loss.
-
-    With block (only the top block trains), the layers below run once, not every step.
-    """
-    device = input_device(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    hidden = None
-    skip = shared_length(model, examples, cfg.share_prefix)
-    if block is not None:
-        t0 = time.perf_counter()
-        hidden = cache_inputs(block, examples, tokenizer.pad_token_id, device, skip=skip)
-        result.timings_s["input_cache"] = result.timings_s.get("input_cache", 0.0) + time.perf_counter() - t0
-    for p in params:
-        p.requires_grad_(True)
-
-    def loss_of(idx: list[int]) -> torch.Tensor:
-        seqs = [s for i in idx for s in examples.ids[i]]
-        labs = [lab for i in idx for lab in examples.labels[i]]
-        if hidden is None:
-            return response_loss(model, seqs, labs, tokenizer.pad_token_id, device, skip)
-        return cached_response_loss(model, block, [h for i in idx for h in hidden[i]], seqs, labs,
-                                    tokenizer.pad_token_id, device, skip)
-
-    def micro_step(idx: list[int], weight: float | None) -> dict[str, float]:
-        if weight is None:
-            with torch.no_grad():
-                return {"loss": float(loss_of(idx))}
-        loss = loss_of(idx)
-        (loss * weight).backward()
-        return {"loss": float(loss.detach())}
-
-    model.train()
-    try:
-        optimise(params, len(examples), cfg, micro_step, result, ("loss",), device, log_path)
-    finally:
-        model.eval()
-        for p in params:
-            p.requires_grad_(False)
-    return result
 
 
 def responses_of(inputs: MethodInputs, langs: list[str], method: str) -> list[dict[str, str]]:
@@ -254,18 +82,35 @@ def responses_of(inputs: MethodInputs, langs: list[str], method: str) -> list[di
     return inputs.responses
 
 
-class _SFT(Method):
+def trainable(model, cfg: TrainConfig, full: bool) -> list[torch.nn.Parameter]:
+    """Every parameter (full) or exactly LENS's trained block (cfg.start_layer)."""
+    if full:
+        return list(model.parameters())
+    return TopBlock(model, cfg.start_layer).parameters()
+
+
+class SFTMethod(Method):
+    """Fine-tuning on (prompt, response) pairs; subclasses choose the pairs (pairs_of) and whose setting they are."""
+
     needs_subspace = False
     needs_responses = True
-    full: bool = False
+    #: True: a baseline of the LENS paper, which trains every parameter unless --train.start-layer is given;
+    #: False: a control lensml adds, which trains LENS's top layers.
+    paper_baseline: ClassVar[bool] = True
+
+    def trains_all(self, cfg: TrainConfig) -> bool:
+        return self.paper_baseline and not start_layer_given(cfg)
+
+    def role(self, cfg: TrainConfig) -> str:
+        return "paper" if self.trains_all(cfg) else "control"
 
     def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
-        ids = {id(p) for p in trainable(model, cfg, self.full)}
+        ids = {id(p) for p in trainable(model, cfg, self.trains_all(cfg))}
         return [name for name, p in model.named_parameters() if id(p) in ids]
 
     def block(self, model, cfg: TrainConfig) -> TopBlock | None:
         """The trained top block whose inputs are cached, or None when every parameter trains."""
-        return None if self.full else TopBlock(model, cfg.start_layer)
+        return None if self.trains_all(cfg) else TopBlock(model, cfg.start_layer)
 
     def response_languages(self, languages: list[str], central: str, options: SFTConfig | None = None) -> list[str]:
         sft = options or SFTConfig()
@@ -274,29 +119,89 @@ class _SFT(Method):
     def languages(self, inputs: MethodInputs, sft: SFTConfig) -> list[str]:
         return self.response_languages(inputs.languages, inputs.central, sft)
 
+    def start(self, model, cfg: TrainConfig, options, section: str = "sft",
+              **resolved) -> tuple[TrainConfig, list, TrainResult]:
+        """(cfg with size defaults, trained parameters, an empty TrainResult saying what trains and why).
+
+        options: the method's own config, recorded under section in the result (and so the manifest).
+        """
+        params = trainable(model, cfg, self.trains_all(cfg))
+        total = sum(p.numel() for p in model.parameters())
+        cfg = size_defaults(cfg, total)
+        layers = "every parameter" if self.trains_all(cfg) else f"layers from {TopBlock(model, cfg.start_layer).start}"
+        result = TrainResult(method=self.name, steps=0, lr=cfg.lr, trainable_parameters=sum(p.numel() for p in params),
+                             total_parameters=total,
+                             resolved={**dataclasses.asdict(cfg), section: dataclasses.asdict(options),
+                                       "role": self.role(cfg), "trained": layers, **resolved})
+        return cfg, params, result
+
+    def pairs_of(self, inputs: MethodInputs, langs: list[str], n: int) -> list[list[tuple[str, str]]]:
+        responses = responses_of(inputs, langs, self.name)
+        return [[(row[lang], resp[lang]) for lang in langs] for row, resp in zip(inputs.rows[:n], responses[:n])]
+
     def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
               log_path: Path | None = None, options: SFTConfig | None = None) -> TrainResult:
         sft = options or SFTConfig()
         langs = self.languages(inputs, sft)
-        responses = responses_of(inputs, langs, self.name)
         n = cfg.samples if cfg.samples is not None else len(inputs.rows)
         t0 = time.perf_counter()
-        pairs = [[(row[lang], resp[lang]) for lang in langs] for row, resp in zip(inputs.rows[:n], responses[:n])]
-        examples = build_examples(tokenizer, pairs, cfg, sft)
-        params = trainable(model, cfg, self.full)
-        total = sum(p.numel() for p in model.parameters())
-        cfg = size_defaults(cfg, total)
-        result = TrainResult(method=self.name, steps=0, lr=cfg.lr, trainable_parameters=sum(p.numel() for p in params),
-                             total_parameters=total,
-                             resolved={**dataclasses.asdict(cfg), "sft": dataclasses.asdict(sft), "languages": langs})
+        examples = build_examples(tokenizer, self.pairs_of(inputs, langs, n), cfg, sft.max_response_tokens)
+        cfg, params, result = self.start(model, cfg, sft, languages=langs, instruction_rows=examples.pairs)
         result.timings_s["tokenize"] = time.perf_counter() - t0
         return fine_tune(model, tokenizer, examples, cfg, params, result, log_path, self.block(model, cfg))
 
 
-class XSFTMethod(_SFT):
-    description = "xSFT: fine-tune LENS's trainable layers on target-language (prompt, response) pairs"
+class XSFTMethod(SFTMethod):
+    description = "xSFT (LENS paper): fine-tune every parameter on the run's target-language (prompt, response) pairs"
 
 
-class XSFTFullMethod(_SFT):
-    description = "xSFT-Full: fine-tune every parameter on target-language (prompt, response) pairs"
-    full = True
+class XSFTTopMethod(SFTMethod):
+    description = "xSFT on LENS's layers (control, not in the paper): fine-tune only the top block LENS trains"
+    paper_baseline = False
+
+
+class XSFTFullMethod(SFTMethod):
+    description = ("xSFT-Full (LENS paper): fine-tune every parameter on all the target-language instruction data "
+                   "given by --sft.full-data (streamed)")
+
+    def response_languages(self, languages: list[str], central: str, options: SFTConfig | None = None) -> list[str]:
+        sft = options or SFTConfig()
+        langs = super().response_languages(languages, central, sft)
+        if sft.full_data is None:
+            return langs
+        check_full_data(sft.full_data, langs)  # before any model loads: sources open, rows have responses
+        return []  # the run's own rows are not trained on
+
+    def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
+              log_path: Path | None = None, options: SFTConfig | None = None) -> TrainResult:
+        sft = options or SFTConfig()
+        if sft.full_data is None:
+            log.warning("xsft-full without --sft.full-data trains on the run's own rows: the same data as xsft, "
+                        "so this run is xsft")
+            result = super().train(model, tokenizer, inputs, cfg, log_path, sft)
+            result.resolved["full_data"] = None
+            result.resolved["note"] = ("no --sft.full-data: trained on the run's own rows, the same data as xsft, "
+                                       "so this run is xsft")
+            return result
+        langs = super().response_languages(inputs.languages, inputs.central, sft)  # the languages trained
+        t0 = time.perf_counter()
+        examples, tally = PackedExamples(), Tally()
+        bar = progress(desc="reading instruction data", unit=" rows")
+        try:
+            for pair in stream_pairs(sft.full_data, langs, tally, limit=cfg.samples):
+                examples.add(*encode_pair(tokenizer, pair.prompt, pair.response, cfg.max_length,
+                                          sft.max_response_tokens, cfg.system_prompt))
+                bar.update()
+        finally:
+            bar.close()
+        if len(examples) == 0:
+            raise LensError(f"--sft.full-data {sft.full_data} gave no (prompt, response) pair in "
+                            f"{', '.join(langs)} ({tally.as_dict()['skipped'] or 'no rows'}): check the sources")
+        log.info("xsft-full: %d pairs from %s (%s)", len(examples), sft.full_data, tally.as_dict())
+        cfg, params, result = self.start(model, cfg, sft, languages=langs, instruction_rows=len(examples),
+                                         full_data={"sources": sft.full_data, **tally.as_dict(),
+                                                    "tokens": examples.tokens})
+        result.timings_s["tokenize"] = time.perf_counter() - t0
+        # Streamed data are never cached (their start-layer states would not fit): with --train.start-layer,
+        # every step runs the frozen layers too.
+        return fine_tune(model, tokenizer, examples, cfg, params, result, log_path, None)

@@ -1,4 +1,8 @@
-"""`lens apply`: a base model plus a run's patch, saved as a full enhanced checkpoint."""
+"""`lens apply`: a base model plus a run's patch, saved as a full enhanced checkpoint.
+
+The checkpoint folder also holds a manifest (kind "apply", the base model and the patch), so
+`lens chat OUT --compare` finds the base and `--overwrite` knows the folder is lensml's.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from pathlib import Path
 
 from lensml.errors import LensError
 from lensml.export.patch import apply_patch, read_patch
+from lensml.io import write_json_atomic
+from lensml.provenance import versions
 from lensml.recipes.stages import check_output, output_dir, save_model
+from lensml.results.rundir import RunDir
 from lensml.runtime.models import ModelConfig, load_model
 
 log = logging.getLogger(__name__)
@@ -28,5 +35,7 @@ def apply_job(patch_dir: str, base: str | None, out: str, overwrite: bool = Fals
     apply_patch(model, patch_dir)
     with output_dir(target, overwrite) as tmp:
         save_model(model, tok, tmp)
+        write_json_atomic(RunDir(tmp).manifest, {"kind": "apply", "base_model": str(spec), "patch": str(patch_dir),
+                                                 "method": patch_cfg.get("method"), "versions": versions()})
     log.info("wrote %s", target)
     return target

@@ -53,7 +53,7 @@ class RunConfigBase:
     """Everything `lens run` does: probe, evaluate, train, save, evaluate again, report (the methods' own
     sections are added by run_config_class)."""
 
-    method: str = field(default="lens", metadata={"help": "how the model is changed: lens, or a baseline to compare with: xsft (fine-tune the same top layers on (prompt, response) pairs), xsft-full (every parameter), qalign (question translation, then English instruction tuning), steer (no training: add the language direction at inference)", "section": "train"})
+    method: str = field(default="lens", metadata={"help": "how the model is changed: lens, or a baseline of the LENS paper (every parameter): xsft (the run's (prompt, response) pairs), xsft-full (all the instruction data of --sft.full-data), qalign (question translation, then English instruction tuning), sdrrl (self-distillation from the central language); or a control: xsft-top (xsft on LENS's top layers), steer (no training: add the language direction at inference)", "section": "train"})
     model: ModelConfig = field(default_factory=ModelConfig)
     langs: list[str] = field(default_factory=lambda: ["zh"], metadata={"help": "target languages, comma-separated", "section": "data"})
     central: str = field(default="en", metadata={"help": "the central language whose knowledge is inherited", "section": "data"})
@@ -64,6 +64,7 @@ class RunConfigBase:
     push_to_hub: str | None = field(default=None, metadata={"help": "upload OUT/model (with its card) to this Hub repo, OWNER/NAME, when the run succeeds (default: none, off)", "section": "output"})
     gguf_out: str = field(default="source", metadata={"help": "when the model came from a GGUF file, also write OUT/model.gguf with the changed tensors stored as: source (the file's own type where gguf-py can quantise it, else F16), f16, f32, or none (no GGUF)", "section": "output", "choices": ["source", "f16", "f32", "none"]})
     push_patch: bool = field(default=False, metadata={"help": "with --push-to-hub, upload OUT/patch instead of the full model", "section": "output"})
+    allow_unchanged: bool = field(default=False, metadata={"help": "save the model even when training did not move its weights measurably (the report's first line then says it is unchanged); without it such a run fails", "section": "train"})
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: QuickEvalConfig = field(default_factory=QuickEvalConfig)

@@ -16,6 +16,7 @@ import torch
 
 from lensml.config import to_dict
 from lensml.export.card import write_card
+from lensml.export.patch import read_weight_change
 from lensml.io import write_json_atomic
 from lensml.methods.base import Method
 from lensml.provenance import versions
@@ -35,6 +36,7 @@ class Trained:
     result: TrainResult
     quick_eval: QuickEval | None = None
     benchmarks: dict[str, dict] | None = None   # side -> lensml.evaluation.suite result
+    experts: dict | None = None  # mixture of experts: the experts and routers trained (lensml.runtime.experts)
 
 
 def finish_run(run: RunDir, kind: str, cfg: RunConfig, model_name: str, stages: Stages, data: dict,
@@ -49,15 +51,20 @@ def finish_run(run: RunDir, kind: str, cfg: RunConfig, model_name: str, stages: 
         write_manifest(run, kind, cfg, model_name, timings, data=data)
         return None
     result = trained.result
+    change = read_weight_change(run.patch) if trained.method.changes_weights else None  # what train_and_save measured
     report = RunReport(model=model_name, central=cfg.central, languages=cfg.languages,
                        train=TrainSummary(result.method, result.steps, result.lr, result.final,
-                                          result.trainable_parameters, result.total_parameters),
+                                          result.trainable_parameters, result.total_parameters,
+                                          unchanged=change is not None and not change.get("moved", True),
+                                          relative_change=change.get("relative") if change else None),
                        quick_eval=trained.quick_eval, benchmarks=trained.benchmarks or None, timings_s=timings)
     manifest = write_manifest(run, kind, cfg, model_name,
                               {**timings, **{f"train.{k}": v for k, v in result.timings_s.items()}},
                               train_resolved=result.resolved, losses=result.history, data=data,
                               trainable_parameters=result.trainable_parameters,
-                              total_parameters=result.total_parameters, trainable_share=result.trainable_share)
+                              total_parameters=result.total_parameters, trainable_share=result.trainable_share,
+                              **({"weight_change": change} if change is not None else {}),
+                              **({"experts": trained.experts} if trained.experts else {}))
     write_json_atomic(run.report, report.to_dict())
     write_card(run, trained.method.changes_weights, report, manifest, repo)
     plot_run(report, result.history, run.plot)

@@ -32,6 +32,7 @@ from lensml.recipes.stages import (
 from lensml.results.benchmark_table import comparison_table_of
 from lensml.results.report import SIDES, RunReport
 from lensml.results.rundir import RunDir
+from lensml.runtime.experts import trained_experts
 from lensml.runtime.models import load_model
 from lensml.runtime.topblock import TopBlock
 
@@ -95,7 +96,9 @@ def run(cfg: RunConfig) -> RunReport | None:
                             data={"probe": subspace.metadata.get("data_sha256") if subspace else None,
                                   "probe_source": cfg.probe_data, "train_source": cfg.train_data,
                                   "train_rows": len(inputs.train_rows)},
-                            trained=Trained(method, result, quick_eval, bench), repo=cfg.push_to_hub)
+                            trained=Trained(method, result, quick_eval, bench, experts=trained_experts(
+                                model, method.trainable_names(model, cfg.train))),
+                            repo=cfg.push_to_hub)
     log.info("wrote %s", out)
     if cfg.push_to_hub:
         log.info("pushed to %s", push(push_folder(RunDir(out), method, cfg.push_patch), cfg.push_to_hub))

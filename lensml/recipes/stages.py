@@ -19,7 +19,7 @@ from lensml.config import to_dict
 from lensml.data.loaders import load_rows, load_texts
 from lensml.errors import LensError
 from lensml.export.gguf import export_gguf
-from lensml.export.patch import save_patch, snapshot
+from lensml.export.patch import WeightChange, save_patch, snapshot, weight_change
 from lensml.io import check_free, check_writable, staged_dir
 from lensml.methods import MethodInputs
 from lensml.recipes.config import RunConfig
@@ -102,10 +102,15 @@ def method_inputs(method, cfg: RunConfig, inputs: Inputs, subspace=None, cache=N
     return MethodInputs(inputs.train_rows, cfg.languages, cfg.central, subspace, cache, responses)
 
 
+def replaceable(folder: Path) -> bool:
+    """What --overwrite may replace: a folder a lensml job wrote (its manifest says so), never the user's own."""
+    return RunDir(folder).written_by_lensml()
+
+
 def check_output(out: Path, overwrite: bool) -> None:
-    """The output can be written: free (or --overwrite of a folder) and its parent writable."""
+    """The output can be written: free (or --overwrite of a folder lensml wrote) and its parent writable."""
     if distributed.is_main():
-        check_free(out, overwrite)
+        check_free(out, overwrite, replaceable)
         check_writable(out)
 
 
@@ -120,7 +125,7 @@ def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="lensml-scratch-") as scratch:
             yield Path(scratch)
         return
-    with staged_dir(out, overwrite) as tmp:
+    with staged_dir(out, overwrite, replaceable) as tmp:
         yield tmp
 
 
@@ -156,9 +161,26 @@ def write_gguf(cfg: RunConfig, model, run: RunDir, patch_cfg: dict) -> dict | No
     return export_gguf(model, source, run.gguf, patch_cfg["tensors"], cfg.gguf_out)
 
 
+def check_moved(model, originals: dict, allow_unchanged: bool) -> WeightChange:
+    """Refuse to save a model that training left as it was (lensml.export.patch.WeightChange says when):
+    it would ship as "enhanced" and be the base model. With --allow-unchanged it is saved, and its report says so."""
+    change = weight_change(model, originals)
+    log.info("largest relative weight change %.3g in %s (measurable above %.2g); %d of %d trained tensors changed",
+             change.relative, change.tensor, change.bound, change.changed_tensors, change.tensors)
+    if not change.moved:
+        if not allow_unchanged:
+            raise LensError(f"training did not change the weights measurably ({change.describe()}): nothing "
+                            f"enhanced to save; raise --lr or the loss weights, or pass --allow-unchanged to save "
+                            f"the unchanged model anyway")
+        log.warning("training did not change the weights measurably (%s): saving it as asked (--allow-unchanged); "
+                    "the report says it is unchanged", change.describe())
+    return change
+
+
 def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunConfig, model_name: str, run: RunDir):
     """Train with a method, then save what every trained run ships: OUT/model, OUT/patch, OUT/model.gguf
     (or, for a method that leaves the weights alone, OUT/steering: what reproduces its effect).
+    A method that changes weights but did not move them is refused here (check_moved), before saving.
 
     Returns the TrainResult, or None on a non-main data-parallel process (which saves nothing).
     """
@@ -173,8 +195,10 @@ def train_and_save(stages: Stages, method, model, tokenizer, inputs, cfg: RunCon
         with stages("save"):
             method.save_pretrained(run.steering)
         return result
+    change = check_moved(model, originals, cfg.allow_unchanged)
     with stages("save"):
         save_model(model, tokenizer, run.model)
-        patch_cfg = save_patch(model, originals, run.patch, patch_info(cfg, model_name, names))
+        patch_cfg = save_patch(model, originals, run.patch,
+                               {**patch_info(cfg, model_name, names), "weight_change": change.to_dict()})
         write_gguf(cfg, model, run, patch_cfg)
     return result

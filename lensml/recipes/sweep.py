@@ -35,7 +35,17 @@ from lensml.lens.probing import probe, shares_prompts
 from lensml.lens.reference_cache import empty_cache, fill_caches
 from lensml.progress import progress
 from lensml.recipes.config import RunConfig, dotted_name, load_config, run_config_class
-from lensml.recipes.stages import Stages, check_output, load_inputs, method_inputs, method_options, response_languages
+from lensml.recipes.finish import write_manifest
+from lensml.recipes.stages import (
+    Stages,
+    check_output,
+    load_inputs,
+    method_inputs,
+    method_options,
+    replaceable,
+    response_languages,
+)
+from lensml.results.rundir import RunDir
 from lensml.results.sweep_plots import SettingResult, SweepResult, write_outputs
 from lensml.runtime.models import decoder_of, load_model
 from lensml.runtime.topblock import TopBlock
@@ -328,15 +338,17 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
     responses = list(dict.fromkeys(lang for _, cfg in plan for lang in response_languages(method, cfg)))
     with stages("data"):
         inputs = load_inputs(widest, probe=method.needs_subspace, train=True, held_out=True, responses=responses)
-    with staged_dir(out, spec.overwrite) as tmp:
+    with staged_dir(out, spec.overwrite, replaceable) as tmp:
         with stages("load_model"):
             model, tok, name = load_model(plan[0][1].model)
         if "layers" in spec.presets:
             plan = spec.plan(depth=len(decoder_of(model).layers))
         log.info("sweep: %d settings", len(plan))
         result = sweep_model(model, tok, name, plan, inputs, stages, log_dir=tmp / "losses")
-        result.presets, result.base_config = list(spec.presets), to_dict(load_config(spec.config, spec.overrides))
+        base_cfg = load_config(spec.config, spec.overrides)
+        result.presets, result.base_config = list(spec.presets), to_dict(base_cfg)
         result.timings_s = stages.total()
         write_outputs(result, tmp)
+        write_manifest(RunDir(tmp), "sweep", base_cfg, name, result.timings_s)  # --overwrite knows it as lensml's
     log.info("wrote %s", out)
     return result

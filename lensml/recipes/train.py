@@ -27,6 +27,7 @@ from lensml.recipes.stages import (
 )
 from lensml.results.report import RunReport
 from lensml.results.rundir import RunDir
+from lensml.runtime.experts import trained_experts
 from lensml.runtime.models import load_model
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
         report = finish_run(run_dir, "train", cfg, name, stages,
                             data={"train_source": cfg.train_data, "train_rows": len(inputs.train_rows),
                                   "subspace": str(subspace_path) if subspace_path else None},
-                            trained=Trained(method, result))
+                            trained=Trained(method, result, experts=trained_experts(
+                                model, method.trainable_names(model, cfg.train))))
     log.info("wrote %s", out)
     return report

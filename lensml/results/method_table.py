@@ -8,9 +8,13 @@ central language or language set are put in their own group with its own heading
 
 Columns: per target language fidelity, clean fidelity, echo and loop shares (held-out
 prompts, n given); central-language retention (fidelity and the NLL of the base model's own
-answers, relative change); benchmark results where the runs had --eval-tasks; cost (training
-seconds (LENS's reference pass runs inside the probe when the prompts coincide), total seconds,
-trainable-parameter share, peak memory).
+answers, relative change); benchmark results where the runs had --eval-tasks; then the paper's
+Table 5 for our runs: trainable-parameter share, instruction rows trained on, training seconds
+(LENS's reference pass runs inside the probe when the prompts coincide), total seconds, peak
+memory; with reference="paper", the paper's own Table 5 figures beside each of its methods.
+
+Rows are the paper's methods as the paper ran them, or controls (marked): comparisons lensml adds
+(steer, xsft-top) and paper methods run otherwise (a baseline given --train.start-layer).
 """
 
 from __future__ import annotations
@@ -45,6 +49,38 @@ class RunRow:
     @property
     def peak_memory(self) -> dict:
         return self.manifest.get("peak_memory", {})
+
+    @property
+    def resolved(self) -> dict:
+        return self.manifest.get("train_resolved") or {}
+
+    @property
+    def role(self) -> str:
+        """"paper" or "control": as the run recorded it; for runs from before roles were recorded, a paper
+        method counts as the paper's when it trained what the paper trains (LENS its top layers, the others all)."""
+        if self.resolved.get("role") in ("paper", "control"):
+            return self.resolved["role"]
+        method, tr = self.report.method, self.report.train
+        full = tr is not None and tr.total_parameters and tr.trainable_parameters == tr.total_parameters
+        return "paper" if method == "lens" or (method in PAPER_TABLE5 and full) else "control"
+
+    @property
+    def instruction_rows(self) -> int | None:
+        """Training items the method learned from (pairs for fine-tuning, prompt rows for LENS)."""
+        rows = self.resolved.get("instruction_rows")
+        return rows if rows is not None else self.manifest.get("data", {}).get("train_rows")
+
+
+#: The LENS paper's Table 5 (LLaMA-3-8B-Instruct, bilingual, one A800): trainable share, instruction data,
+#: training time. What `lens compare --reference paper` prints beside our runs of the same methods.
+PAPER_TABLE5: dict[str, dict[str, str]] = {
+    "lens": {"trainable": "5.43%", "data": "0.8K", "time": "2 min 08 s"},
+    "xsft": {"trainable": "100%", "data": "0.8K", "time": "5 min 33 s"},
+    "xsft-full": {"trainable": "100%", "data": "111.5K", "time": "192 min 35 s"},
+    "sdrrl": {"trainable": "100%", "data": "4K", "time": "11 min 30 s"},
+    "qalign": {"trainable": "100%", "data": "0.8K", "time": "12 min 03 s"},
+}
+REFERENCES = ("paper",)
 
 
 def load_run(path: str | Path) -> RunRow:
@@ -98,6 +134,8 @@ def group_runs(rows: list[RunRow]) -> list[Group]:
         for row in g.rows:
             if seen[row.label] > 1:
                 row.label = f"{row.label} ({row.path.name})"
+            if row.role == "control":
+                row.label += " (control)"
         first = g.rows[0].report.quick_eval
         for row in g.rows[1:]:
             q = row.report.quick_eval
@@ -116,25 +154,59 @@ def quality_rows(g: Group) -> list[dict]:
             "retention_nll": g.rows[0].report.quick_eval.retention.base_nll, "nll_change": 0.0}]
     for row in g.rows:
         q = row.report.quick_eval
-        out.append({"method": row.label, "run": str(row.path),
+        out.append({"method": row.label, "run": str(row.path), "role": row.role,
                     "languages": {lang: vars(q.enhanced[lang]) for lang in [g.central, *g.targets]},
                     "retention_nll": q.retention.enhanced_nll, "nll_change": q.retention.relative_change})
     return out
 
 
-def cost_rows(g: Group) -> list[dict]:
+def cost_rows(g: Group, reference: str | None = None) -> list[dict]:
+    """Per run, the paper's Table 5 columns (and, with reference="paper", the paper's own figures)."""
     out = []
     for row in g.rows:
         t, tr = row.report.timings_s, row.report.train
-        out.append({"method": row.label, "probe_s": t.get("probe"), "train_s": t.get("train"), "total_s": t.get("total"),
-                    "steps": tr.steps if tr else None, "lr": tr.lr if tr else None,
-                    "trainable_share": tr.trainable_share if tr else None,
-                    "host_gb": row.peak_memory.get("host_gb"), "device_gb": row.peak_memory.get("device_gb"),
-                    "stages_s": {k: v for k, v in t.items() if k != "total"}})
+        entry = {"method": row.label, "role": row.role, "instruction_rows": row.instruction_rows,
+                 "probe_s": t.get("probe"), "train_s": t.get("train"), "total_s": t.get("total"),
+                 "steps": tr.steps if tr else None, "lr": tr.lr if tr else None,
+                 "trainable_share": tr.trainable_share if tr else None,
+                 "host_gb": row.peak_memory.get("host_gb"), "device_gb": row.peak_memory.get("device_gb"),
+                 "stages_s": {k: v for k, v in t.items() if k != "total"}}
+        if reference == "paper":
+            entry["paper"] = PAPER_TABLE5.get(row.report.method) if row.role == "paper" else None
+        out.append(entry)
     return out
 
 
-def group_markdown(g: Group) -> str:
+def _rows_text(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1000:.1f}K" if n >= 1000 else str(n)
+
+
+def table5_markdown(g: Group, reference: str | None = None) -> list[str]:
+    """The paper's Table 5 for these runs: trainable share, instruction rows, time, memory (+ the paper's row)."""
+    fmt = (lambda v, f: "-" if v is None else f.format(v))  # noqa: E731
+    head = ["method", "trainable share", "instruction rows", "steps", "peak lr", "probe (s)", "train (s)",
+            "total (s)", "peak host GB", "peak device GB"]
+    if reference == "paper":
+        head += ["paper: trainable", "paper: instruction data", "paper: training time (A800)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in cost_rows(g, reference):
+        cells = [r["method"], fmt(r["trainable_share"] and 100 * r["trainable_share"], "{:.2f}%"),
+                 _rows_text(r["instruction_rows"]), fmt(r["steps"], "{}"), fmt(r["lr"], "{:.1e}"),
+                 fmt(r["probe_s"], "{:.1f}"), fmt(r["train_s"], "{:.1f}"), fmt(r["total_s"], "{:.1f}"),
+                 fmt(r["host_gb"], "{:.2f}"), fmt(r["device_gb"], "{:.2f}")]
+        if reference == "paper":
+            paper = r["paper"] or {}
+            cells += [paper.get("trainable", "-"), paper.get("data", "-"), paper.get("time", "-")]
+        lines.append("| " + " | ".join(cells) + " |")
+    if reference == "paper":
+        lines += ["", ("Paper: the LENS paper's Table 5 (LLaMA-3-8B-Instruct, en -> one language, one A800 GPU); "
+                       "controls have no row there.")]
+    return lines
+
+
+def group_markdown(g: Group, reference: str | None = None) -> str:
     n = g.rows[0].report.quick_eval.samples
     lines = [f"### {g.model}: {g.central} -> {', '.join(g.targets)} ({n} held-out prompts per language)", ""]
     if g.base_mismatch:
@@ -154,14 +226,10 @@ def group_markdown(g: Group) -> str:
         cells += [_pct(c["fidelity"]), _pct(c["clean_fidelity"]),
                   f"{r['retention_nll']:.4f} ({100 * r['nll_change']:+.2f}%)"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| method | steps | peak lr | trainable share | probe (s) | train (s) | total (s) | peak host GB "
-                  "| peak device GB |", "|---|---|---|---|---|---|---|---|---|"]
-    fmt = (lambda v, f: "-" if v is None else f.format(v))  # noqa: E731
-    for r in cost_rows(g):
-        lines.append(f"| {r['method']} | {fmt(r['steps'], '{}')} | {fmt(r['lr'], '{:.1e}')} | "
-                     f"{fmt(r['trainable_share'] and 100 * r['trainable_share'], '{:.2f}%')} | "
-                     f"{fmt(r['probe_s'], '{:.1f}')} | {fmt(r['train_s'], '{:.1f}')} | {fmt(r['total_s'], '{:.1f}')} | "
-                     f"{fmt(r['host_gb'], '{:.2f}')} | {fmt(r['device_gb'], '{:.2f}')} |")
+    if any(row.role == "control" for row in g.rows):
+        lines += ["", ("(control): not a row of the LENS paper: a comparison lensml adds (steer, xsft-top), or one of "
+                       "the paper's methods run on other layers than the paper's (--train.start-layer).")]
+    lines += [""] + table5_markdown(g, reference)
     bench = [row for row in g.rows if row.report.benchmarks and "enhanced" in row.report.benchmarks]
     if bench:
         docs = [bench[0].report.benchmarks["base"]] + [row.report.benchmarks["enhanced"] for row in bench]
@@ -169,14 +237,15 @@ def group_markdown(g: Group) -> str:
     return "\n".join(lines)
 
 
-def methods_table(groups: list[Group]) -> str:
-    return "\n\n".join(group_markdown(g) for g in groups)
+def methods_table(groups: list[Group], reference: str | None = None) -> str:
+    return "\n\n".join(group_markdown(g, reference) for g in groups)
 
 
-def methods_json(groups: list[Group]) -> dict:
+def methods_json(groups: list[Group], reference: str | None = None) -> dict:
     return {"groups": [{"model": g.model, "central": g.central, "targets": g.targets,
                         "samples": g.rows[0].report.quick_eval.samples, "not_comparable": g.base_mismatch,
-                        "quality": quality_rows(g), "cost": cost_rows(g)} for g in groups]}
+                        "quality": quality_rows(g), "cost": cost_rows(g, reference)} for g in groups],
+            **({"reference": {"paper": PAPER_TABLE5}} if reference == "paper" else {})}
 
 
 def plot_methods(groups: list[Group], path: Path) -> None:
@@ -216,12 +285,18 @@ def output_paths(out: str | Path) -> dict[str, Path]:
     return {kind: stem.with_suffix(f".{kind}") for kind in ("md", "json", "png")}
 
 
-def compare_runs(paths: list[str | Path], out: str | Path | None = None, overwrite: bool = False) -> str:
-    """The methods table of run folders; with out, also written as Markdown, JSON and a picture."""
+def compare_runs(paths: list[str | Path], out: str | Path | None = None, overwrite: bool = False,
+                 reference: str | None = None) -> str:
+    """The methods table of run folders; with out, also written as Markdown, JSON and a picture.
+
+    reference="paper": the LENS paper's Table 5 row of each of its methods, beside ours.
+    """
     if not paths:
         raise LensError("lens compare needs at least one run folder")
+    if reference is not None and reference not in REFERENCES:
+        raise LensError(f"--reference {reference}: the one reference is {', '.join(REFERENCES)}")
     groups = group_runs([load_run(p) for p in paths])
-    text = methods_table(groups) + "\n"
+    text = methods_table(groups, reference) + "\n"
     if out is not None:
         files = output_paths(out)
         taken = [str(p) for p in files.values() if p.exists()]
@@ -229,7 +304,7 @@ def compare_runs(paths: list[str | Path], out: str | Path | None = None, overwri
             raise LensError(f"{taken[0]} already exists: pass --overwrite or choose another --out")
         files["md"].parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(files["md"], text)
-        write_json_atomic(files["json"], methods_json(groups))
+        write_json_atomic(files["json"], methods_json(groups, reference))
         tmp = files["png"].with_name(f".{files['png'].name}.tmp.png")
         plot_methods(groups, tmp)
         tmp.replace(files["png"])

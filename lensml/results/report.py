@@ -28,10 +28,16 @@ class TrainSummary:
     final: dict = field(default_factory=dict)
     trainable_parameters: int = 0
     total_parameters: int = 0
+    unchanged: bool = False                 # training did not move the weights measurably (--allow-unchanged)
+    relative_change: float | None = None    # largest weight change / the tensor's largest weight (export.patch)
 
     @property
     def trainable_share(self) -> float:
         return self.trainable_parameters / self.total_parameters if self.total_parameters else 0.0
+
+
+#: The first line of the table of a run saved with --allow-unchanged: its model is the base model.
+UNCHANGED = "UNCHANGED: training did not move the weights measurably; this model is the base model, not an enhanced one"
 
 
 @dataclass
@@ -103,6 +109,9 @@ class RunReport:
     def table(self) -> str:
         """The before/after table the CLI prints."""
         lines = [f"model: {self.model}   method: {self.method or '-'}   central: {self.central}"]
+        if self.train is not None and self.train.unchanged:
+            change = self.train.relative_change
+            lines.insert(0, UNCHANGED + (f" (largest relative change {change:.2g})" if change else ""))
         q = self.quick_eval
         if q is not None:
             lines += ["| lang | fidelity base | fidelity enhanced | clean base | clean enhanced | echo/loop/empty base "

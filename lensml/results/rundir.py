@@ -32,6 +32,9 @@ from lensml.errors import LensError
 WRITTEN_BY_A_JOB = "pass a folder written by `lens run`, `lens train` or `lens probe`"
 
 CARD = "README.md"            # the Hub's name for a model card
+#: manifest["kind"] of each job that writes a folder (run, train and probe folders; `lens apply`'s checkpoint;
+#: `lens sweep`'s tables): a folder whose manifest names one of them is lensml's, and --overwrite may replace it.
+JOB_KINDS = ("run", "train", "probe", "apply", "sweep")
 MODEL_CONFIG = "config.json"  # present in every saved transformers checkpoint
 
 
@@ -151,12 +154,22 @@ class RunDir:
         return doc
 
     def kind(self) -> str | None:
-        """"run", "train" or "probe" per the manifest; None for anything that is not a readable run folder."""
+        """The job that wrote the folder per its manifest (JOB_KINDS); None for anything without a readable one."""
         try:
             kind = self.read_manifest().get("kind")
         except (LensError, OSError):
             return None
         return kind if isinstance(kind, str) else None
+
+    def written_by_lensml(self) -> bool:
+        """A folder one of lensml's jobs wrote: its manifest names the job (JOB_KINDS) and the lensml version
+        that wrote it. The only kind of folder --overwrite replaces."""
+        try:
+            doc = self.read_manifest()
+        except (LensError, OSError):
+            return False
+        versions = doc.get("versions")
+        return doc.get("kind") in JOB_KINDS and isinstance(versions, dict) and "lensml" in versions
 
     def is_run(self) -> bool:
         """A folder written by `lens run` (what `lens compare` puts in its methods table)."""

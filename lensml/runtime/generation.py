@@ -128,11 +128,13 @@ def answer_nll_from_states(model, start: int, prompt_ids: list[list[int]], answe
     states[i] holds layer start's inputs at prompt_ids[i] + answer_ids[i][:-1] (Generation.states
     of the base model's answers): when training left the lower layers as they were, only the
     layers from start up and the LM head need to run, 2 of 30 layers for the default run.
-    None where the LM head is more than a linear map (logit soft-capping): use answer_nll.
+    None where the LM head is more than a linear map with a known scale (logit soft-capping, Cohere's
+    logit_scale): use answer_nll. Granite divides its logits by logits_scaling, as its own forward does.
     """
     config = getattr(model.config, "get_text_config", lambda: model.config)()
-    if getattr(config, "final_logit_softcapping", None):
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return None
+    divisor = float(getattr(config, "logits_scaling", None) or 1.0)
     device = input_device(model)
     rows = [i for i, a in enumerate(answer_ids) if a]
     if not rows:
@@ -152,7 +154,7 @@ def answer_nll_from_states(model, start: int, prompt_ids: list[list[int]], answe
             hidden[row, width - len(seqs[i]):] = states[i]
         final = block.forward(batch, hidden.to(device))
         keep = max(len(answer_ids[i]) for i in idx)
-        logp = torch.log_softmax(model.get_output_embeddings()(final[:, width - keep:]).float(), -1)
+        logp = torch.log_softmax(model.get_output_embeddings()(final[:, width - keep:]).float() / divisor, -1)
         for row, i in enumerate(idx):
             n = len(answer_ids[i])
             target = torch.tensor(answer_ids[i], device=device)

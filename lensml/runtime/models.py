@@ -14,17 +14,22 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lensml import distributed
 from lensml.errors import LensError
-from lensml.io import remove_stale, write_json_atomic
+from lensml.io import follow_umask, remove_stale, write_json_atomic
+from lensml.runtime.families import check_family, check_gguf, decoder_of, read_config  # noqa: F401 (decoder_of: re-exported)
+from lensml.runtime.gguf_config import restore_config
 from lensml.runtime.gguf_read import reading_once
+from lensml.runtime.templating import check_template
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +144,38 @@ def file_digest(path: Path) -> str:
 CONVERT_PREFIX = ".convert-"
 
 
+#: What a damaged or truncated GGUF file makes its readers raise (gguf-py parses with struct and numpy).
+_GGUF_READ_ERRORS = (OSError, ValueError, KeyError, RuntimeError, IndexError, TypeError, EOFError, struct.error)
+
+
+def _cached_checkpoint_ok(target: Path) -> bool:
+    """A converted checkpoint in the cache whose config and every weights file's header read back."""
+    if not target.exists():
+        return False
+    try:
+        json.loads((target / "config.json").read_text(encoding="utf-8"))
+        files = list(target.glob("*.safetensors"))
+        if not files:
+            raise ValueError("no weights file")
+        for f in files:
+            with safe_open(str(f), "pt"):  # reads the header, checks it covers the file exactly
+                pass
+    except (OSError, ValueError, SafetensorError) as err:
+        log.warning("removing the damaged converted checkpoint %s (%s): converting again", target, err)
+        shutil.rmtree(target, ignore_errors=True)
+        return False
+    return True
+
+
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
-    """Convert a GGUF file once to a float32 safetensors checkpoint; return its directory."""
+    """Convert a GGUF file once to a float32 safetensors checkpoint; return its directory.
+
+    Safe under concurrent first runs: each process converts into its own temporary folder and
+    renames it into place; a process that finds the place taken by another's finished conversion
+    uses that one. A cached checkpoint that no longer reads is removed and converted again.
+    """
     target = cache_dir() / "models" / f"gguf-{file_digest(gguf_path)}"
-    if (target / "config.json").is_file():
+    if _cached_checkpoint_ok(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent, CONVERT_PREFIX)  # conversions killed half-way
@@ -152,8 +185,12 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
             tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                          dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise LensError(f"cannot read GGUF file {gguf_path}: {str(err).splitlines()[0]}") from err
+    except _GGUF_READ_ERRORS as err:
+        first = (str(err).splitlines() or [""])[0]
+        first = first if len(first) <= 120 else first[:117] + "..."
+        kind = "struct.error" if isinstance(err, struct.error) else type(err).__name__
+        raise LensError(f"cannot read GGUF file {gguf_path}, damaged or not a GGUF model ({kind}: {first}): "
+                        f"download it again") from err
     # Dequantised weights are plain tensors now: drop the quantizer so save_pretrained works.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -164,9 +201,29 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "lensml_source.json").write_text(json.dumps({"gguf": str(gguf_path), "name": name}), encoding="utf-8")
-        os.replace(tmp, target)
+        follow_umask(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # ENOTEMPTY/EEXIST: another process finished the same conversion first
+            if not _cached_checkpoint_ok(target):
+                raise
+            log.info("another process converted %s first: using its checkpoint", gguf_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+#: Weight files that Python's pickle reads (and that can therefore run code): never loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def from_gguf(path: Path, name: str | None = None) -> Path:
+    """The safetensors checkpoint of a GGUF file: its architecture checked first, then converted once
+    (convert_gguf), with what transformers' GGUF loader leaves out of the config restored from the file
+    (lensml.runtime.gguf_config: Phi-3.5's LongRoPE, Llama-3.1's rope frequencies, Gemma's query scale)."""
+    check_gguf(path)
+    target = convert_gguf(path, name)
+    restore_config(target, path)
     return target
 
 
@@ -181,6 +238,11 @@ def _check_checkpoint(path: Path) -> None:
         raise LensError(f"{cfg_path} is not valid JSON: restore the checkpoint's config.json") from err
     if not isinstance(cfg, dict) or not cfg.get("model_type"):
         raise LensError(f"{cfg_path} names no model_type: restore the checkpoint's config.json")
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not any(path.glob("*.safetensors")):
+        raise LensError(f"model directory {path} holds only pickle weights ({pickles[0]}), which can run code when "
+                        f"loaded, so lensml does not load them: convert them once to safetensors where you trust the "
+                        f"file (transformers: save_pretrained(..., safe_serialization=True))")
 
 
 def resolve_model_path(cfg: ModelConfig) -> tuple[str, str]:
@@ -189,9 +251,9 @@ def resolve_model_path(cfg: ModelConfig) -> tuple[str, str]:
         path = Path(cfg.gguf)
         if not path.is_file():
             raise LensError(f"GGUF file {path} does not exist: check --gguf")
-        return str(convert_gguf(path)), path.name
+        return str(from_gguf(path)), path.name
     if cfg.model in PACKAGED_MODELS:
-        return str(convert_gguf(packaged_gguf(cfg.model), cfg.model)), PACKAGED_MODELS[cfg.model][2]
+        return str(from_gguf(packaged_gguf(cfg.model), cfg.model)), PACKAGED_MODELS[cfg.model][2]
     looks_local = cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
     path = Path(cfg.model).expanduser()
     if path.exists():
@@ -272,6 +334,7 @@ def load_tokenizer(path: str, cfg: ModelConfig):
         tok.chat_template = tpl.read_text(encoding="utf-8")
     if not tok.chat_template:
         raise LensError(f"model {path} has no chat template: pass --template FILE.jinja")
+    check_template(tok, f"the chat template of {cfg.template}" if cfg.template else f"the chat template of {path}")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -283,17 +346,22 @@ def load_model(cfg: ModelConfig):
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     bound_hub_requests()
+    shown = cfg.gguf or cfg.model
+    check_family(read_config(path, cfg.trust_remote_code, cfg.revision, shown), shown, cfg.trust_remote_code)
     try:
         tok = load_tokenizer(path, cfg)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-            device_map=cfg.device_map)
+            device_map=cfg.device_map, use_safetensors=True)  # never pickle weights (they can run code)
     except LensError:
         raise
     except Exception as err:  # the Hub and transformers raise many types; unreachable Hub first
         hub = _hub_error(err, cfg.model)
         if hub is not None:
             raise hub from err
+        if isinstance(err, SafetensorError):
+            raise LensError(f"cannot load model '{cfg.gguf or cfg.model}': a weights file is damaged or truncated "
+                            f"({str(err).splitlines()[0]}): copy the checkpoint again") from err
         if isinstance(err, (OSError, ValueError)):
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise LensError(f"cannot load model '{cfg.model}': {first}") from err
@@ -334,13 +402,3 @@ def input_device(model) -> torch.device:
     if embeddings is not None:
         return embeddings.weight.device
     return next(model.parameters()).device
-
-
-def decoder_of(model):
-    """The decoder stack (embeddings, layers, final norm) under the LM head."""
-    inner = getattr(model, model.base_model_prefix, None)
-    if inner is None or not hasattr(inner, "layers"):
-        inner = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "norm"):
-        raise LensError(f"unsupported architecture {type(model).__name__}: lensml needs a decoder with .layers and .norm")
-    return inner

@@ -10,6 +10,8 @@ expectation). fp32 weights take the plain torch AdamW path.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 
@@ -80,8 +82,49 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float, seed: int = 0):
-    """torch AdamW for fp32 weights, LowPrecisionAdamW for bf16/fp16 ones."""
-    if all(p.dtype == torch.float32 for p in params):
+#: Parameter names that take no weight decay: transformers' Trainer.get_decay_parameter_names patterns.
+_NO_DECAY_NAMES = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def no_decay_names(model: torch.nn.Module) -> set[str]:
+    """Names of the norm weights and biases: the parameters weight decay must leave alone.
+
+    The LENS authors (and every method they compare with) train through the HF Trainer, which
+    decays only the other weights: pulling a norm's gain toward 0 shrinks the whole layer's
+    output, and a bias has no scale to regularise. Same rule as Trainer.get_decay_parameter_names
+    (parameters of nn.LayerNorm modules, and names with bias / layernorm / rmsnorm / norm), plus
+    any module whose class name ends in "Norm" (LlamaRMSNorm, Gemma3RMSNorm) whatever its name.
+    """
+    out = set()
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("Norm")
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if is_norm or _NO_DECAY_NAMES.search(full.lower()):
+                out.add(full)
+    return out
+
+
+def param_groups(model: torch.nn.Module, params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups of params: weight decay for the weights, none for norms and biases (no_decay_names).
+
+    Tied parameters (an LM head sharing the embedding) appear once, in the group of their first name.
+    """
+    skip = no_decay_names(model)
+    wanted = {id(p) for p in params}
+    decay, plain, seen = [], [], set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in wanted and id(p) not in seen:
+            seen.add(id(p))
+            (plain if name in skip else decay).append(p)
+    stray = [p for p in params if id(p) not in seen]  # not the model's (a plugin's own tensors): decayed
+    groups = [{"params": decay + stray, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict], lr: float, weight_decay: float, seed: int = 0):
+    """torch AdamW for fp32 weights, LowPrecisionAdamW for bf16/fp16 ones; params may be param_groups()."""
+    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    if all(p.dtype == torch.float32 for p in flat):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return LowPrecisionAdamW(params, lr=lr, weight_decay=weight_decay, seed=seed)

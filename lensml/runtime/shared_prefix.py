@@ -105,13 +105,35 @@ def fits_window(model, longest: int) -> bool:
     prompt would take slots inside the window, and a window shorter than the sequence
     would see other tokens than the whole prompt sees. So a model with a sliding window
     shares only when every sequence fits in it (Gemma-3's 512 holds our 128-token prompts).
+
+    Rotary scalings that pick their frequencies from a forward's longest position (LongRoPE's
+    short and long factors, dynamic NTK) rotate every position differently once a forward passes
+    their switch: a prefix run alone would be rotated otherwise than inside whole prompts
+    (measured on a tiny Phi-3: probe means 2.8e-3 apart). Such a model shares only up to the
+    switch (Phi-3.5-mini: 4096 tokens).
     """
     config = getattr(model, "config", None)
     config = getattr(config, "get_text_config", lambda: config)()
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
     sliding = window is not None and (types is None or any("sliding" in t for t in types))
-    return not sliding or longest < window
+    return (not sliding or longest < window) and longest <= rope_switch(config)
+
+
+def rope_switch(config) -> float:
+    """The longest sequence whose rotary frequencies do not depend on how long the forward is (inf for
+    the rotary scalings fixed at load: default, linear, llama3, yarn)."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    sets = [p for p in params.values() if isinstance(p, dict)] if isinstance(params, dict) else []
+    sets = sets or ([params] if isinstance(params, dict) else [])
+    limit = float("inf")
+    for p in sets:
+        kind = p.get("rope_type", p.get("type"))
+        if kind == "longrope" or (isinstance(kind, str) and "dynamic" in kind):
+            original = p.get("original_max_position_embeddings") or getattr(config, "original_max_position_embeddings",
+                                                                            None)
+            limit = min(limit, original or getattr(config, "max_position_embeddings", 0) or 0)
+    return limit
 
 
 @torch.no_grad()

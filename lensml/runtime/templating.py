@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lensml.errors import LensError
+
 
 @dataclass
 class Batch:
@@ -43,12 +45,43 @@ class Batch:
 
 
 def render(tokenizer, messages: list[dict] | str, system: str | None = None, generation_prompt: bool = True) -> str:
-    """Render a user prompt (or a whole conversation) with the model's chat template."""
+    """Render a user prompt (or a whole conversation) with the model's chat template.
+
+    A template error (one that tries to leave Jinja's sandbox, bad syntax, its own raise_exception)
+    is a one-line LensError, not a traceback from inside jinja2.
+    """
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if system is not None:
         messages = [{"role": "system", "content": system}, *messages]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as err:  # jinja2's errors, matched by module: jinja2 is transformers' optional dependency
+        if type(err).__module__.split(".")[0] != "jinja2":
+            raise
+        raise template_error(err, "the chat template") from err
+
+
+def template_error(err: Exception, source: str) -> LensError:
+    """One line for a chat template that jinja2 refused, saying which template and why."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if type(err).__name__ == "SecurityError":
+        return LensError(f"{source} is refused: it tries to reach Python internals outside Jinja's sandbox ({first}); "
+                         f"use a template that only formats the messages (--template FILE)")
+    if type(err).__name__ == "TemplateSyntaxError":
+        return LensError(f"{source} is not a valid Jinja template ({first}): fix it or pass --template FILE")
+    return LensError(f"{source} failed to render a conversation ({type(err).__name__}: {first}): "
+                     f"fix it or pass --template FILE")
+
+
+def check_template(tokenizer, source: str) -> None:
+    """Render one user turn now, so that a template jinja2 refuses fails when the model loads, not mid-run."""
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # see render
+        if type(err).__module__.split(".")[0] != "jinja2":
+            raise
+        raise template_error(err, source) from err
 
 
 def tokenize_rendered(tokenizer, text: str, max_length: int | None = None) -> list[int]:

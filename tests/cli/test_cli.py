@@ -25,8 +25,10 @@ def test_run_help_is_grouped_stable_and_shows_one_default_each():
     first, second = _help("run"), _help("run")
     assert first == second  # two processes (different hash seeds) print the same text
     sections = ["model:", "data:", "probing:", "training:", "LENS loss:",
-                "fine-tuning baselines (--method xsft, xsft-full, qalign):", "training-free steering (--method steer):",
-                "quick evaluation", "benchmarks", "output:"]
+                "fine-tuning baselines (--method xsft, xsft-full, qalign, xsft-top):",
+                "training-free steering (--method steer):",
+                "SDRRL: self-distillation from the central language (--method sdrrl):", "quick evaluation", "benchmarks",
+                "output:"]
     positions = [first.index("\n" + s) for s in sections]
     assert positions == sorted(positions)
     assert first.startswith("usage: lens run [options]")

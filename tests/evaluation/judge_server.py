@@ -2,7 +2,8 @@
 
 A failing reply can carry extra headers (Retry-After) and a chosen body; with
 `echo_headers` the body repeats the request's headers, as a misconfigured proxy does,
-so tests can check that the client never prints them.
+so tests can check that the client never prints them. A successful reply can instead be raw
+bytes with a chosen content type (an HTML page, bytes that are not UTF-8), or come after a delay.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ class FakeJudge:
     """Serves POST /v1/chat/completions on 127.0.0.1 with a fixed reply; `fail_first` requests get `status`."""
 
     def __init__(self, reply: str = "Clear and correct. Rating: [[7]]", fail_first: int = 0, status: int = 500,
-                 fail_headers: dict | None = None, fail_body: dict | None = None, echo_headers: bool = False):
+                 fail_headers: dict | None = None, fail_body: dict | None = None, echo_headers: bool = False,
+                 raw: bytes | None = None, content_type: str = "application/json", delay_s: float = 0.0):
         self.reply, self.fail_first, self.status = reply, fail_first, status
+        self.raw, self.content_type, self.delay_s = raw, content_type, delay_s
         self.fail_headers, self.fail_body, self.echo_headers = fail_headers or {}, fail_body, echo_headers
         self.requests: list[dict] = []
         self.headers: list[dict] = []
@@ -42,12 +45,14 @@ class FakeJudge:
                         doc["request_headers"] = dict(self.headers)
                     self._send(judge.status, doc, judge.fail_headers)
                 else:
-                    self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": judge.reply}}]})
+                    time.sleep(judge.delay_s)
+                    self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": judge.reply}}]},
+                               raw=judge.raw)
 
-            def _send(self, code: int, doc: dict, extra: dict | None = None):
-                data = json.dumps(doc).encode()
+            def _send(self, code: int, doc: dict, extra: dict | None = None, raw: bytes | None = None):
+                data = json.dumps(doc).encode() if raw is None else raw
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "application/json" if raw is None else judge.content_type)
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in (extra or {}).items():
                     self.send_header(k, v)

@@ -83,3 +83,9 @@ def test_degenerate_is_any_of_echo_loop_empty():
     assert flags["loop"] == [False, True, False, False, True]
     assert flags["empty"] == [False, False, True, False, False]
     assert flags["degenerate"] == [True, True, True, False, True]
+
+
+def test_an_answer_half_copied_is_an_echo():
+    """The threshold is inclusive: exactly half of the answer's 4-grams from the prompt counts as an echo."""
+    assert echo_share("abcd", "abcdX") == 0.5 and is_echo("abcd", "abcdX")
+    assert echo_share("abcd", "abcdXY") == pytest.approx(1 / 3) and not is_echo("abcd", "abcdXY")

@@ -131,3 +131,23 @@ def test_enhanced_nll_runs_the_top_layers_only_while_the_lower_ones_are_unchange
     full = quick.answer_nll(model, tok, prompts["en"], answer_ids=before.central_ids)
     after = quick.answer_after(model, tok, before, cfg)
     assert used == [1] and after.central_nll == pytest.approx(full, rel=1e-5)
+
+
+def test_compare_puts_each_side_in_its_place(monkeypatch):
+    """The report's numbers by hand: base answers and NLL on the base side, the enhanced ones on the enhanced side."""
+    from lensml.evaluation import quick
+
+    pairs = [("把罗勒插在一杯清水里。", "zh"), ("Put it in water.", "en"), ("Wrap it in a towel.", "en"),
+             ("把罗勒包在湿毛巾里，放进冰箱。", "zh")]
+    monkeypatch.setattr(quick, "LanguageIdentifier", lambda *a, **k: ScriptedIdentifier(pairs))
+    prompts = {"en": ["How do I keep basil fresh?"], "zh": [PROMPT]}
+    before = quick.Answers(prompts, "en", {"en": ["Wrap it in a towel."], "zh": ["Put it in water."]}, 2.0, [[1]])
+    after = quick.Answers(prompts, "en", {"en": ["Wrap it in a towel."], "zh": ["把罗勒插在一杯清水里。"]}, 2.5, [[1]])
+    scores, rows = quick.compare(before, after, quick.QuickEvalConfig(langid="lingua"))
+    assert (scores.retention.base_nll, scores.retention.enhanced_nll) == (2.0, 2.5)
+    assert scores.retention.relative_change == 0.25 and scores.samples == 1
+    assert (scores.base["zh"].fidelity, scores.enhanced["zh"].fidelity) == (0.0, 1.0)
+    assert (scores.base["en"].fidelity, scores.enhanced["en"].fidelity) == (1.0, 1.0)
+    assert rows[1] == {"lang": "zh", "prompt": PROMPT, "base": "Put it in water.", "enhanced": "把罗勒插在一杯清水里。",
+                       "base_check": rows[1]["base_check"], "enhanced_check": rows[1]["enhanced_check"]}
+    assert (rows[1]["base_check"]["detected"], rows[1]["enhanced_check"]["detected"]) == ("en", "zh")

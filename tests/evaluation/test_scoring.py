@@ -118,3 +118,25 @@ def test_accuracy_and_standard_error():
 
 def test_ties_go_to_the_first_choice():
     assert _argmax([3.0, 3.0]) == 0 and _argmax([1.0, 2.0, 2.0]) == 1 and _argmax([-1.0, -0.5]) == 1
+
+
+def test_acc_norm_divides_by_characters_not_tokens(tiny, monkeypatch):
+    """Fixed log-likelihoods on choices whose character, byte and token counts rank them differently:
+    acc_norm is lm-eval's per-character score, acc_bytes per UTF-8 byte, acc the raw sum."""
+    from lensml.evaluation import scoring
+    from lensml.evaluation.benchmarks.base import MCItem
+
+    model, tok = tiny
+    choices = {"a": ["Why do cats purr?", "ẞẞ"], "b": ["猫", "qzxj"]}  # chars 17|2, 1|4; tokens 9|6, 3|4; bytes 17|6, 3|4
+    counts = [[len(tok(c, add_special_tokens=False)["input_ids"]) for c in cs] for cs in choices.values()]
+    assert counts == [[9, 6], [3, 4]]  # so a per-token division would rank both items the other way
+    scores = {"Why do cats purr?": -10.0, "ẞẞ": -3.0, "猫": -2.0, "qzxj": -6.0}
+    monkeypatch.setattr(scoring, "loglik_requests", lambda item: ([("ctx", " " + c) for c in choices[item.doc["id"]]],
+                                                                  choices[item.doc["id"]]))
+    monkeypatch.setattr(scoring, "loglik_scores", lambda _m, _t, pairs, *a, **k: [scores[c[1:]] for _, c in pairs])
+    items = [MCItem("xcopa", "zh", {"id": "a"}, 0, "a"), MCItem("xcopa", "zh", {"id": "b"}, 1, "b")]
+    results = score_loglik(model, tok, items, ScoringConfig())
+    assert [(r.pred, r.pred_norm, r.pred_bytes) for r in results] == [(1, 0, 1), (0, 1, 0)]
+    assert results[0].scores == [-10.0, -3.0]
+    metrics = accuracy(results)
+    assert (metrics["acc"]["value"], metrics["acc_norm"]["value"], metrics["acc_bytes"]["value"]) == (0.0, 1.0, 0.0)

@@ -92,3 +92,14 @@ def test_push_to_an_unreachable_hub_fails_before_any_work(tiny_llama, parallel_d
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: cannot push to me/model") and "hf_test_token" not in err
     assert not out.exists()
+
+
+def test_the_fingerprint_tells_dtypes_apart():
+    """The same bytes as float16 and as bfloat16 are different weights: a patch made on one is refused on the other."""
+    bits = torch.tensor([15360, -17408, 1, 0], dtype=torch.int16)
+    half, brain = bits.view(torch.float16), bits.view(torch.bfloat16)
+    assert half.view(torch.int16).equal(brain.view(torch.int16))  # byte for byte the same
+    assert fingerprint({"w": half}) != fingerprint({"w": brain})
+    assert fingerprint({"w": half}) == fingerprint({"w": half.clone()})
+    assert fingerprint({"w": half}) != fingerprint({"v": half})  # and names count
+    assert fingerprint({"w": half}) != fingerprint({"w": half.reshape(2, 2)})  # and shapes

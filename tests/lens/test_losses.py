@@ -68,3 +68,19 @@ def test_bad_weights_are_refused():
         LossConfig(lambda1=float("nan"))
     with pytest.raises(LensError, match="zh=-1"):
         LossConfig(lambdas={"zh": -1.0})
+
+
+def test_each_language_is_pushed_by_its_own_lambda():
+    """lambda_l belongs to the target language l: with lambdas={"zh": 2.0} the zh push is 2 delta_zh, the central
+    language's (unset, default 1) plays no part."""
+    x_zh = torch.tensor([[1.0, 2.0]])
+    x_en = torch.tensor([[3.0, 5.0]])
+    states = {"en": {"last": x_en, "mean": x_en}, "zh": {"last": x_zh, "mean": x_zh}}
+    refs = {"en": {"last": x_en, "mean": x_en}, "zh": {"last": torch.zeros(1, 2), "mean": torch.zeros(1, 2)}}
+    deltas = {"en": torch.zeros(2), "zh": torch.tensor([0.0, 1.0])}
+    cfg = LossConfig(lambda1=0.0, lambda3=1.0, retain="last", lambdas={"zh": 2.0})
+    # P_s (x_zh - ref) - 2 * delta_zh = (0, 2) - (0, 2) = (0, 0); with lambda 1 it would be (0, 1): 0.5.
+    assert lens_loss(states, refs, "en", A, MS, deltas, cfg)["specific"].item() == 0.0
+    cfg = LossConfig(lambda1=0.0, lambda3=1.0, retain="last", lambdas={"zh": 3.0})
+    # (0, 2) - (0, 3) = (0, -1): mean over d 0.5
+    assert lens_loss(states, refs, "en", A, MS, deltas, cfg)["specific"].item() == 0.5

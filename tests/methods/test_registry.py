@@ -86,10 +86,13 @@ def test_registry_lists_lens_and_refuses_unknown_names():
 
 
 def test_built_in_sections_and_their_sharing():
-    assert methods.sections() == {"sft": methods.registration("xsft").config, "steer": methods.registration("steer").config}
-    assert [methods.registration(n).section for n in ("lens", "xsft", "xsft-full", "qalign", "steer")] == \
-        [None, "sft", "sft", "sft", "steer"]
-    assert methods.section_titles() == {"sft": "fine-tuning baselines (--method xsft, xsft-full, qalign)",
+    assert methods.sections() == {"sft": methods.registration("xsft").config, "steer": methods.registration("steer").config,
+                                  "sdrrl": methods.registration("sdrrl").config}
+    assert list(methods.sections()) == ["sft", "steer", "sdrrl"]
+    assert [methods.registration(n).section for n in ("lens", "xsft", "xsft-full", "qalign", "sdrrl", "steer",
+                                                      "xsft-top")] == [None, "sft", "sft", "sft", "sdrrl", "steer", "sft"]
+    assert methods.section_titles() == {"sft": "fine-tuning baselines (--method xsft, xsft-full, qalign, xsft-top)",
+                                        "sdrrl": "SDRRL: self-distillation from the central language (--method sdrrl)",
                                         "steer": "training-free steering (--method steer)"}
     sft = methods.registration("xsft")
     assert methods.register("xsft", sft.method, sft.config, section="sft") == sft  # the same line again: a no-op
@@ -102,7 +105,7 @@ def test_built_in_sections_and_their_sharing():
         with pytest.raises(ValueError, match="section 'sft' already holds SFTConfig"):
             methods.register("toy-sft", CentralLM, Other, section="sft")
         methods.register("toy-sft", CentralLM, sft.config, section="sft")  # sharing the same class is the point
-        assert methods.section_titles()["sft"].endswith("(--method xsft, xsft-full, qalign, toy-sft)")
+        assert methods.section_titles()["sft"].endswith("(--method xsft, xsft-full, qalign, xsft-top, toy-sft)")
         assert methods.options_of("toy-sft", RunConfig(sft=sft.config(max_response_tokens=7))).max_response_tokens == 7
     finally:
         methods.unregister("toy-sft")

@@ -68,28 +68,43 @@ def _inputs(data, langs=("en", "zh")):
     return MethodInputs(rows, list(langs), "en", None, None, [r["responses"] for r in rows])
 
 
-@pytest.mark.parametrize("name", ["xsft", "xsft-full"])
-def test_xsft_trains_exactly_its_parameters(name, tiny_llama, qa_data):
+def _changed(model, before):
+    return {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+
+
+@pytest.mark.parametrize("name", ["xsft", "xsft-full", "qalign"])
+def test_the_papers_baselines_change_every_parameter_after_one_step(name, tiny_llama, qa_data):
+    """As the LENS paper ran them (Table 5: 100% of the parameters), unless --train.start-layer is given."""
     model, tok = _load(tiny_llama)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     method = methods.get(name)
-    cfg = TrainConfig(lr=1e-2, batch_size=4)
+    cfg = TrainConfig(lr=1e-2, batch_size=16)  # 16 rows: one step (qalign: one per stage)
     result = method.train(model, tok, _inputs(qa_data), cfg)
-    assert result.method == name and result.steps == 4  # 16 rows / batch 4
-    assert ("input_cache" in result.timings_s) == (name == "xsft")  # only a top block runs from a cache
-    first, last = result.history[0]["loss"], result.history[-1]["loss"]
-    assert last < first
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    names = set(method.trainable_names(model, cfg))
-    if name == "xsft":
-        assert changed and changed <= {k for k in names}
-        assert all(k.startswith(("model.layers.2.", "model.layers.3.")) for k in changed)
-        assert result.trainable_parameters == sum(p.numel() for n, p in model.named_parameters() if n in names)
-        assert 0 < result.trainable_share < 1
-    else:
-        assert any(k.startswith("model.layers.0.") for k in changed) and "model.embed_tokens.weight" in changed
-        assert result.trainable_share == 1.0
+    assert result.steps == (2 if name == "qalign" else 1) and result.resolved["role"] == "paper"
+    assert _changed(model, before) == set(before)  # every tensor, embeddings and norms included
+    assert result.trainable_share == 1.0 and result.resolved["trained"] == "every parameter"
+    assert set(method.trainable_names(model, cfg)) == {n for n, _ in model.named_parameters()}
+    assert "input_cache" not in result.timings_s  # nothing below a trained layer to cache
+    assert result.resolved["instruction_rows"] == (32 if name == "qalign" else 16)
     assert not any(p.requires_grad for p in model.parameters())
+    if name == "xsft-full":  # no --sft.full-data: the run's own rows, i.e. xsft, and it says so
+        assert result.resolved["full_data"] is None and "so this run is xsft" in result.resolved["note"]
+
+
+@pytest.mark.parametrize("name,start", [("xsft-top", None), ("xsft", -2), ("qalign", -2)])
+def test_controls_change_only_their_layers(name, start, tiny_llama, qa_data):
+    model, tok = _load(tiny_llama)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = methods.get(name)
+    cfg = TrainConfig(lr=1e-2, batch_size=4) if start is None else TrainConfig(lr=1e-2, batch_size=4, start_layer=start)
+    result = method.train(model, tok, _inputs(qa_data), cfg)
+    assert result.steps == (8 if name == "qalign" else 4) and result.resolved["role"] == "control"
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    changed, names = _changed(model, before), set(method.trainable_names(model, cfg))
+    assert changed and changed <= names and all(k.startswith(("model.layers.2.", "model.layers.3.")) for k in changed)
+    assert {k for k in before if k.startswith(("model.layers.2.", "model.layers.3."))} == changed
+    assert result.trainable_parameters == sum(p.numel() for n, p in model.named_parameters() if n in names)
+    assert 0 < result.trainable_share < 1 and "input_cache" in result.timings_s  # the frozen layers ran once
 
 
 def test_xsft_languages_and_include_central(tiny_llama, qa_data):
@@ -100,7 +115,7 @@ def test_xsft_languages_and_include_central(tiny_llama, qa_data):
     model, tok = _load(tiny_llama)
     result = method.train(model, tok, _inputs(qa_data), TrainConfig(lr=1e-3, batch_size=8),
                           options=SFTConfig(include_central=True))
-    assert result.resolved["languages"] == ["en", "zh"] and result.steps == 2
+    assert result.resolved["languages"] == ["en", "zh"] and result.steps == 2 and result.resolved["instruction_rows"] == 32
 
 
 def test_qalign_stage_targets_exact_token_ids(tiny_llama, tmp_path):
@@ -114,7 +129,7 @@ def test_qalign_stage_targets_exact_token_ids(tiny_llama, tmp_path):
                        ("Taja sayari mbili karibu na jua.", "Name two planets near the sun.")]]
     assert stage2 == [[("How do I keep basil fresh?", "Wrap it in a damp towel.")],
                       [("Name two planets near the sun.", "Mercury and Venus.")]]
-    ex = build_examples(tok, stage1, TrainConfig(), SFTConfig())
+    ex = build_examples(tok, stage1, TrainConfig(), SFTConfig().max_response_tokens)
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     # Stage 1, row 0, zh: input = templated zh question + the English question as the assistant turn.
     want = enc("<s><|im_start|>user\n怎样让罗勒保持新鲜？<|im_end|>\n<|im_start|>assistant\n"
@@ -129,6 +144,7 @@ def test_qalign_runs_both_stages(tiny_llama, qa_data):
     model, tok = _load(tiny_llama)
     result = methods.get("qalign").train(model, tok, _inputs(qa_data), TrainConfig(lr=1e-3, batch_size=8))
     assert result.resolved["stage1_steps"] == 2 and result.resolved["stage2_steps"] == 2 and result.steps == 4
+    assert result.resolved["role"] == "paper" and result.trainable_share == 1.0
     assert {"stage1", "stage2", "steps"} <= set(result.timings_s)
 
 
@@ -170,3 +186,43 @@ def test_cached_block_loss_equals_full_forward(tiny_llama):
         w.grad = None
         w.requires_grad_(False)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_xsft_full_streams_all_the_given_data(tiny_llama, qa_data, tmp_path):
+    """--sft.full-data: every parameter, on the given sources' target-language pairs (not the run's rows)."""
+    import json
+
+    from lensml.methods.finetune import PackedExamples
+
+    alpaca = tmp_path / "bx_zh.jsonl"
+    alpaca.write_text("".join(json.dumps({"instruction": f"问题{i}", "input": "", "output": f"回答{i}。"},
+                                         ensure_ascii=False) + "\n" for i in range(10)), encoding="utf-8")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"},
+                                             {"role": "user", "content": "再见"},
+                                             {"role": "assistant", "content": "再见！"}]}, ensure_ascii=False) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "无"}]}) + "\n", encoding="utf-8")
+    model, tok = _load(tiny_llama)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sft = SFTConfig(full_data=f"{alpaca} + {chat}")
+    method = methods.get("xsft-full")
+    assert method.response_languages(["en", "zh"], "en", sft) == []  # the run's own rows are not trained on
+    result = method.train(model, tok, _inputs(qa_data), TrainConfig(lr=1e-2, batch_size=11), options=sft)
+    assert result.steps == 1 and result.resolved["instruction_rows"] == 11 and result.resolved["role"] == "paper"
+    record = result.resolved["full_data"]
+    assert record["sources"] == f"{alpaca} + {chat}" and record["kept"] == {"zh": 11}
+    assert record["skipped"] == {"no prompt or response": 1} and record["tokens"] > 11 * 10
+    assert _changed(model, before) == set(before)
+    # The packed store gives back exactly what encode_pair made; a chat row's loss is on its last turn only.
+    packed, conv = PackedExamples(), [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "嗨"},
+                                      {"role": "user", "content": "再见"}]
+    ids, labels = encode_pair(tok, conv, "再见！", 128, 64)
+    packed.add(ids, labels)
+    packed.add(*encode_pair(tok, "问题1", "回答1。", 128, 64))
+    assert packed.item(0) == ([ids], [labels]) and len(packed) == 2 and packed.tokens == len(ids) + len(packed.item(1)[0][0])
+    answer = [t for t in labels if t != IGNORE]
+    assert tok.decode(answer) == "再见！<|im_end|>\n"
+    assert tok.decode(ids[:len(ids) - len(answer)]).endswith("再见<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(LensError, match="gave no \\(prompt, response\\) pair in zh"):
+        method.train(model, tok, _inputs(qa_data), TrainConfig(lr=1e-2),
+                     options=SFTConfig(full_data=f"{chat}#messages=messages,language=sw"))

@@ -11,7 +11,10 @@ from lensml.results.report import RunReport
 from lensml.results.rundir import RunDir
 from tests.helpers import write_parallel_data
 
-METHODS = ["lens", "xsft", "xsft-full", "qalign", "steer"]
+METHODS = ["lens", "xsft", "xsft-full", "qalign", "sdrrl", "steer", "xsft-top"]
+PAPER = {"xsft", "xsft-full", "qalign", "sdrrl"}  # the paper's baselines: every parameter
+EXTRA = {"steer": ["--steer.select-prompts", "2", "--steer.select-tokens", "6"],
+         "sdrrl": ["--sdrrl.max-new-tokens", "8"]}
 
 
 def args(model_dir, data, out, method, langs="zh"):
@@ -25,8 +28,7 @@ def runs(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
     data = write_parallel_data(root / "qa.jsonl", repeat=2, responses=True)
     for method in METHODS:
-        extra = ["--steer.select-prompts", "2", "--steer.select-tokens", "6"] if method == "steer" else []
-        assert main(args(tiny_llama, data, root / method, method) + extra) == 0
+        assert main(args(tiny_llama, data, root / method, method) + EXTRA.get(method, [])) == 0
     return root, data
 
 
@@ -50,14 +52,15 @@ def test_every_method_writes_the_same_outputs(runs, tiny_llama):
             assert "--steer PATH/TO/RUN/steering" in card and "chosen by measurement" in card
             assert "`lens run --method steer`" in card and "library_name" not in card
             continue
-        assert report.train.steps == (4 if method == "qalign" else 2)
-        assert manifest["train_resolved"]["lr"] == 1e-3
+        resolved = manifest["train_resolved"]
+        assert report.train.steps == {"qalign": 4, "sdrrl": -(-resolved["instruction_rows"] // 8)}.get(method, 2)
+        assert resolved["lr"] == 1e-3 and resolved["role"] == ("control" if method == "xsft-top" else "paper")
         assert (out / "patch" / "patch_config.json").is_file() and (out / "model" / "README.md").is_file()
         assert not run.steering.exists()
         model = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
         changed = {k for k, v in model.items() if not torch.equal(v, base[k])}
-        if method == "xsft-full":
-            assert "model.layers.0.mlp.up_proj.weight" in changed
+        if method in PAPER:
+            assert changed == set(base)  # every parameter
         else:
             assert changed and all(k.startswith(("model.layers.2.", "model.layers.3.")) for k in changed)
         assert (out / "subspace").is_dir() == (method == "lens")
@@ -93,19 +96,24 @@ def test_compare_runs_table_json_and_picture(runs, tmp_path):
     assert lines[0].startswith("### ") and "en -> zh (4 held-out prompts per language)" in lines[0]
     header = next(line for line in lines if line.startswith("| method | zh fidelity"))
     assert header.split(" | ")[1:5] == ["zh fidelity", "zh clean", "zh echo", "zh loop"] and "en NLL (change)" in header
-    quality = [line.split(" | ")[0][2:] for line in lines[lines.index(header) + 2:lines.index(header) + 8]]
-    assert quality == ["base", *METHODS]
+    labels = ["base", "lens", "xsft", "xsft-full", "qalign", "sdrrl", "steer (control)", "xsft-top (control)"]
+    quality = [line.split(" | ")[0][2:] for line in lines[lines.index(header) + 2:lines.index(header) + 10]]
+    assert quality == labels and "(control): not a row of the LENS paper" in text
     doc = json.loads((tmp_path / "cmp.json").read_text())
     g = doc["groups"][0]
-    assert [r["method"] for r in g["quality"]] == ["base", *METHODS] and g["samples"] == 4
+    assert [r["method"] for r in g["quality"]] == labels and g["samples"] == 4
+    assert [r["role"] for r in g["cost"]] == ["paper"] * 5 + ["control"] * 2
     for r, m in zip(g["quality"][1:], METHODS):
         report = RunReport.load(root / m)
         assert r["languages"]["zh"]["fidelity"] == report.quick_eval.enhanced["zh"].fidelity
         assert r["nll_change"] == report.quick_eval.retention.relative_change
     assert g["quality"][0]["languages"]["zh"]["fidelity"] == RunReport.load(root / "lens").quick_eval.base["zh"].fidelity
     shares = {r["method"]: r["trainable_share"] for r in g["cost"]}
-    assert shares["xsft-full"] == 1.0 and 0 < shares["lens"] == shares["xsft"] == shares["qalign"] < 1
-    assert shares["steer"] == 0.0
+    assert all(shares[m] == 1.0 for m in PAPER) and 0 < shares["lens"] == shares["xsft-top (control)"] < 1
+    assert shares["steer (control)"] == 0.0
+    rows = {r["method"]: r["instruction_rows"] for r in g["cost"]}
+    assert rows["lens"] == rows["xsft"] == rows["xsft-full"] == rows["xsft-top (control)"] == 16  # 16 rows, zh
+    assert rows["qalign"] == 32 and rows["sdrrl"] >= 16 and rows["steer (control)"] == 0
     assert all(r["train_s"] > 0 and r["host_gb"] > 0 for r in g["cost"])
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
     with pytest.raises(Exception, match="already exists"):
@@ -142,37 +150,37 @@ def test_responses_checked_before_the_model_loads(tiny_llama, parallel_data, tmp
     assert "unknown method 'sft'" in capsys.readouterr().err
 
 
-def _fake_run(folder, method, zh_fid, zh_clean, nll_after, share, base_fid=0.25):
-    """A run folder with hand-set numbers: every table cell can be checked."""
-    from lensml.io import write_json_atomic
-    from lensml.results.report import LanguageScores, QuickEval, Retention, TrainSummary
+def test_method_inputs_checked_before_the_model_loads(tiny_llama, parallel_data, tmp_path, monkeypatch, capsys):
+    """sdrrl's translator and xsft-full's --sft.full-data fail in one line, before any model loads."""
+    import lensml.recipes.run as enhance
 
-    def scores(fid, clean):
-        return LanguageScores(n=40, fidelity=fid, clean_fidelity=clean, echo=0.1, loop=0.05, empty=0.0, degenerate=0.15)
+    def no_load(*_a, **_k):
+        raise AssertionError("the model must not load")
 
-    q = QuickEval(40, {"en": scores(1.0, 0.95), "zh": scores(base_fid, 0.2)},
-                  {"en": scores(1.0, 0.9), "zh": scores(zh_fid, zh_clean)}, Retention(0.8, nll_after))
-    report = RunReport("m", "en", ["en", "zh"], TrainSummary(method, 25, 1e-3, {}, int(share * 1000), 1000), q,
-                       timings_s={"train": 12.5, "total": 100.0})
-    folder.mkdir()
-    write_json_atomic(folder / "report.json", report.to_dict())
-    write_json_atomic(folder / "manifest.json", {"kind": "run", "method": method, "peak_memory": {"host_gb": 1.5},
-                                                 "config": {"eval": {"data": "embedded:heldout", "samples": 40}}})
-    return folder
+    monkeypatch.setattr(enhance, "load_model", no_load)
+    data = write_parallel_data(tmp_path / "qa.jsonl", repeat=1, responses=True)
+    assert main(args(tiny_llama, data, tmp_path / "s", "sdrrl") + ["--sdrrl.translator", str(tiny_llama)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not a translation model (a llama that is not encoder-decoder)" in err
+    assert main(args(tiny_llama, data, tmp_path / "f", "xsft-full") + ["--sft.full-data", str(parallel_data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot tell the prompt column among en, sw, zh" in err
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "你好"}\n', encoding="utf-8")
+    assert main(args(tiny_llama, data, tmp_path / "f", "xsft-full") + ["--sft.full-data", str(prompts)]) == 2
+    assert "has no responses (no column 'response' among prompt)" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "f").exists()
 
 
-def test_methods_table_cells_by_hand(tmp_path):
-    a = _fake_run(tmp_path / "a", "lens", 1.0, 0.55, 0.796, 0.3)
-    b = _fake_run(tmp_path / "b", "xsft", 0.875, 0.5, 0.88, 0.3)
-    text = compare_runs([a, b], tmp_path / "t.md")
-    quality = text.split("\n\n")[1]  # heading, quality table, cost table
-    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in quality.splitlines()[2:]}
-    assert rows["base"][:4] == ["25.0", "20.0", "10.0", "5.0"]
-    assert rows["lens"][:4] == ["100.0", "55.0", "10.0", "5.0"] and rows["lens"][4:6] == ["100.0", "90.0"]
-    assert rows["lens"][6].startswith("0.7960 (-0.50%)") and rows["xsft"][6].startswith("0.8800 (+10.00%)")
-    assert rows["base"][6].startswith("0.8000 (+0.00%)")
-    cost = [line for line in text.splitlines() if line.startswith("| xsft | 25 |")]
-    assert cost == ["| xsft | 25 | 1.0e-03 | 30.00% | - | 12.5 | 100.0 | 1.50 | - |"]
-    assert "Not comparable" not in text
-    c = _fake_run(tmp_path / "c", "qalign", 0.5, 0.5, 0.8, 0.3, base_fid=0.5)  # another base: not like for like
-    assert "**Not comparable:** the base answers of qalign" in compare_runs([a, c])
+def test_compare_with_the_papers_table5(runs, tmp_path, capsys):
+    root, _ = runs
+    assert main(["compare", *[str(root / m) for m in METHODS], "--reference", "paper"]) == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.startswith("| method | trainable share"))
+    assert head.endswith("| paper: trainable | paper: instruction data | paper: training time (A800) |")
+    table5 = {line.split(" | ")[0][2:]: line.split(" | ")[-3:] for line in out.splitlines()
+              if line.startswith("| ") and line.count(" | ") == head.count(" | ")}
+    assert table5["lens"] == ["5.43%", "0.8K", "2 min 08 s |"] and table5["sdrrl"] == ["100%", "4K", "11 min 30 s |"]
+    assert table5["xsft-full"] == ["100%", "111.5K", "192 min 35 s |"] and table5["qalign"][2] == "12 min 03 s |"
+    assert table5["xsft-top (control)"] == ["-", "-", "- |"]  # a control has no row in the paper
+    assert main(["compare", str(root / "lens"), "--reference", "table9"]) == 2

@@ -13,6 +13,7 @@ from lensml.lens.reference_cache import fill_caches
 from lensml.recipes import sweep
 from lensml.recipes.stages import load_inputs
 from lensml.recipes.sweep import Originals, SweepSpec, combine, layer_counts, parse_grid, read_grid_file, sweep_model
+from lensml.results.rundir import RunDir
 from lensml.runtime.models import ModelConfig, load_model
 from tests.helpers import write_parallel_data
 
@@ -189,9 +190,10 @@ def response_data(tmp_path_factory):
                                responses=True)
 
 
-@pytest.mark.parametrize("method", ["xsft", "xsft-full", "qalign"])
+@pytest.mark.parametrize("method", ["xsft", "xsft-full", "qalign", "xsft-top"])
 def test_a_fine_tuning_baseline_sweeps_from_the_original_weights(method, tiny_llama, response_data):
-    """No probe and no reference cache; each setting still trains from the original weights (xsft-full: all)."""
+    """No probe and no reference cache; each setting still trains from the original weights (the paper's baselines:
+    every layer; the xsft-top control: the top two)."""
     spec = SweepSpec(overrides={**base_options(tiny_llama, response_data), "method": method, "train.samples": "4",
                                 "eval.samples": "2"}, grids=["train.lr=1e10,1e-3"])
     plan = spec.plan()
@@ -201,7 +203,7 @@ def test_a_fine_tuning_baseline_sweeps_from_the_original_weights(method, tiny_ll
     assert [s.status for s in result.settings] == ["failed", "ok"], [s.error for s in result.settings]
     ok = result.settings[1]
     assert ok.steps >= 1 and ok.quick is not None and abs(ok.nll_change) < 0.5
-    assert ok.trained_layers == (4 if method == "xsft-full" else 2)
+    assert ok.trained_layers == (2 if method == "xsft-top" else 4)
     _same_as_fresh(model, tiny_llama)
 
 
@@ -250,6 +252,7 @@ def test_sweep_command_writes_every_file(lens, tiny_llama, parallel_data, tmp_pa
     assert printed.strip().endswith(f"wrote {out}")
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["format"] == "lensml-sweep" and doc["languages"] == ["en", "zh"]
+    assert RunDir(out).kind() == "sweep" and RunDir(out).written_by_lensml()  # so --overwrite may replace it
     assert [s["overrides"] for s in doc["settings"]] == [{"train.start_layer": -1}, {"train.start_layer": -2}]
     for s in doc["settings"]:
         assert s["status"] == "ok" and s["steps"] == 1 and s["train_s"] > 0

@@ -9,10 +9,12 @@ distinct-n are reported beside it, and "clean fidelity" counts only answers in t
 right language that are not degenerate. No judge configured means no score:
 the result says `"judged": false` and carries fidelity only.
 
-The answers file is written before the judge is asked, and a judge that refuses
-(401, 404, malformed replies) leaves the answers and the fidelity results in place:
-the entry says `"judged": false` with `judge_error`, and `lens eval` exits non-zero
-naming the saved answers, so generation time is never thrown away.
+The answers file is written before the judge is asked, and a judge that refuses or
+cannot be reached (401, 404, a closed port, 5xx or timeouts after every retry, HTML or
+non-UTF-8 replies) leaves the answers and the fidelity results in place: the ratings it
+gave are kept (the score averages them, with n_rated and n_failed), each turn without one
+says why in the answers file, the entry carries `judge_error`, and `lens eval` exits
+non-zero naming the saved answers, so generation time is never thrown away.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,14 +31,7 @@ from lensml.errors import LensError
 from lensml.evaluation.benchmarks.base import GenerationBenchmark, GenerationConfig, HubSource, RunContext, TaskSpec
 from lensml.evaluation.benchmarks.sources import data_path, resolve_local, sample_indices, source_rows
 from lensml.evaluation.degeneration import degeneration, distinct_n
-from lensml.evaluation.judge import (
-    JudgeClient,
-    JudgeConfig,
-    JudgeError,
-    find_judge_prompts,
-    judge_messages,
-    load_judge_prompts,
-)
+from lensml.evaluation.judge import JudgeClient, JudgeConfig, find_judge_prompts, judge_messages, load_judge_prompts
 from lensml.evaluation.metrics import share, stderr_of_mean
 from lensml.io import write_jsonl_atomic
 from lensml.runtime.generation import generate_answers
@@ -113,16 +109,23 @@ def fidelity_summary(lang: str, questions: list[Question], answers: list[list[st
 
 
 def judge_answers(judge_cfg: JudgeConfig, questions: list[Question], answers: list[list[str]],
-                  question_file: Path | None) -> tuple[dict, list[list[float | None]]]:
-    """Judge both turns of every answer; the score averages the turns that got a rating."""
+                  question_file: Path | None) -> tuple[dict, list[list[float | None]], list[list[str | None]]]:
+    """Judge both turns of every answer; the score averages the turns that got a rating.
+
+    Returns the summary, the ratings per question and turn, and why each missing rating is missing
+    (None where rated). A judge that was never reached or refused is `judge_error` (with how many
+    turns it cost), never "no parsable rating", which is kept for replies without a rating in them.
+    """
     prompts = load_judge_prompts(judge_cfg.prompts or find_judge_prompts(question_file))
     client = JudgeClient(judge_cfg)
     conversations = [judge_messages(prompts, q.category, q.turns, a, q.reference, turn)
                      for q, a in zip(questions, answers) for turn in (1, 2)]
     judgments = client.judge_many(conversations)
     ratings = [j.rating for j in judgments]
+    reasons = [j.error if j.error else None if j.rating is not None else UNPARSABLE for j in judgments]
     per_question = [ratings[i:i + 2] for i in range(0, len(ratings), 2)]
     rated = [r for r in ratings if r is not None]
+    failed = [j.error for j in judgments if j.error]
     mean = sum(rated) / len(rated) if rated else None
     var = sum((r - mean) ** 2 for r in rated) / (len(rated) - 1) if len(rated) > 1 else None
     turn = {t: [r for r in ratings[t - 1::2] if r is not None] for t in (1, 2)}
@@ -130,12 +133,24 @@ def judge_answers(judge_cfg: JudgeConfig, questions: list[Question], answers: li
                "score_stderr": math.sqrt(var / len(rated)) if var is not None else None,
                "score_turn1": sum(turn[1]) / len(turn[1]) if turn[1] else None,
                "score_turn2": sum(turn[2]) / len(turn[2]) if turn[2] else None,
-               "n_rated": len(rated), "n_unrated": len(ratings) - len(rated),
+               "n_rated": len(rated), "n_unrated": len(ratings) - len(rated) - len(failed), "n_failed": len(failed),
                "n_cached": sum(j.cached for j in judgments)}
+    if failed:
+        reason, count = Counter(failed).most_common(1)[0]
+        others = f" ({len(failed) - count} with other errors)" if count < len(failed) else ""
+        summary["judge_error"] = f"{len(failed)} of {len(judgments)} judge requests got no rating: {reason}{others}"
     if not rated:
         summary.pop("score")
-        summary["note"] = "the judge gave no parsable rating: no score is reported"
-    return summary, per_question
+        summary["note"] = ("the judge answered but gave no parsable rating: no score is reported" if not failed else
+                           "the judge gave no rating (see judge_error): no score is reported")
+    elif failed or summary["n_unrated"]:
+        summary["note"] = (f"score over the {len(rated)} of {len(ratings)} turns rated; {len(failed)} got no answer "
+                           f"from the judge, {summary['n_unrated']} an answer without a parsable rating")
+    return summary, per_question, [reasons[i:i + 2] for i in range(0, len(reasons), 2)]
+
+
+#: Why a turn has no rating when the judge answered without one.
+UNPARSABLE = "the judge's answer holds no [[rating]]"
 
 
 class MTBench(GenerationBenchmark):
@@ -181,15 +196,22 @@ class MTBench(GenerationBenchmark):
         write_jsonl_atomic(answers_path, rows)  # before the judge: a judge failure never loses the answers
         if cfg.judge.enabled:
             try:
-                judged, ratings = judge_answers(cfg.judge, questions, answers, question_file)
-            except JudgeError as err:
+                judged, ratings, reasons = judge_answers(cfg.judge, questions, answers, question_file)
+            except (LensError, OSError, ValueError) as err:  # whatever the judge does, answers and fidelity stay
                 log.warning("%s: judging failed (%s); the answers are kept in %s", spec, err, answers_path)
                 summary.update(judged=False, judge_model=cfg.judge.model, judge_error=str(err),
                                note=f"judging failed ({err}): no score is reported; answers in {answers_path.name}")
             else:
                 summary.update(judged)
-                for row, pair in zip(rows, ratings):
+                if "judge_error" in judged:
+                    log.warning("%s: %s; the answers are kept in %s", spec, judged["judge_error"], answers_path)
+                    if not judged["judged"]:
+                        summary["note"] = (f"judging failed ({judged['judge_error']}): no score is reported; "
+                                           f"answers in {answers_path.name}")
+                for row, pair, why in zip(rows, ratings, reasons):
                     row["ratings"] = pair
+                    if any(why):
+                        row["unrated_because"] = why
                 write_jsonl_atomic(answers_path, rows)
         else:
             summary.update(judged=False, note="no judge configured (--judge.base-url, --judge.model): no score is reported")

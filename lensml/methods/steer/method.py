@@ -39,6 +39,9 @@ class SteerMethod(Method):
     def trainable_names(self, model, cfg: TrainConfig) -> list[str]:
         return []  # no weight changes
 
+    def role(self, cfg: TrainConfig) -> str:
+        return "control"  # not in the LENS paper: the training-free baseline lensml adds
+
     def train(self, model, tokenizer, inputs: MethodInputs, cfg: TrainConfig,
               log_path: Path | None = None, options: SteerConfig | None = None) -> TrainResult:
         """Choose lambda (unless options.strength is set), attach the hooks and leave them attached."""
@@ -70,7 +73,8 @@ class SteerMethod(Method):
         return TrainResult(method=self.name, steps=0, lr=0.0, timings_s=timings, trainable_parameters=0,
                            total_parameters=total,
                            resolved={"steer": dataclasses.asdict(options), "measurement": measurement,
-                                     "read_off_accuracy_train": read_off})
+                                     "read_off_accuracy_train": read_off, "role": self.role(cfg),
+                                     "instruction_rows": 0})
 
     def detach(self) -> None:
         """Take the hooks off (a sweep's next setting steers afresh); the settings stay for save_pretrained."""

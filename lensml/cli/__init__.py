@@ -19,6 +19,7 @@ from lensml.cli.eval import add_eval_commands
 from lensml.cli.plot import add_plot_command
 from lensml.cli.sweep import add_sweep_command
 from lensml.errors import LensError
+from lensml.evaluation.suite import judge_failures
 from lensml.recipes.apply import apply_job
 from lensml.recipes.plan import plan_job
 from lensml.recipes.probe import probe_job
@@ -44,10 +45,15 @@ def cmd_run(args) -> int:
         print_plan(plan_job(cfg, "run"))
         return 0
     report = run(cfg)
-    if report is not None:
-        print(report.table())
-        print(f"wrote {cfg.out}")
-    return 0
+    if report is None:
+        return 0
+    print(report.table())
+    print(f"wrote {cfg.out}")
+    failed = [e for side in (report.benchmarks or {}).values() for e in judge_failures(side)]
+    for e in failed:
+        print(f"error: the judge did not rate every answer of {e['task']}:{e['language']}: {e['judge_error']} "
+              f"(answers and fidelity are in {cfg.out}/eval)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def cmd_probe(args) -> int:

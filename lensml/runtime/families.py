@@ -11,6 +11,7 @@ naming what is missing, before anything heavy loads.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +95,7 @@ def check_gguf(path) -> str:
     """A GGUF file's architecture, refused in one line when transformers' GGUF loader cannot read it."""
     try:
         arch = read_gguf_metadata(str(path))[0]["general.architecture"]
-    except (ValueError, KeyError, OSError) as err:
+    except (ValueError, KeyError, OSError, struct.error) as err:  # struct.error: a truncated header
         raise LensError(f"{path} is not a readable GGUF file ({str(err).splitlines()[0]}): check --gguf") from err
     known = {a.replace("_", "") for a in GGUF_SUPPORTED_ARCHITECTURES}
     if arch.replace("_", "").replace("-", "") not in known and not is_gguf_arch_supported(arch):

@@ -178,3 +178,18 @@ def test_subspace_of_another_model_warns(tiny_llama, parallel_data, tmp_path, ca
         assert main(["train", "--model", str(tiny_llama), "--subspace", str(sub_dir), "--train-data",
                      str(parallel_data), "--langs", "zh", "--out", str(tmp_path / "m")]) == 0
     assert any("org/other-model" in r.message and str(tiny_llama) in r.message for r in caplog.records)
+
+
+def test_run_exits_2_when_the_judge_left_answers_unrated(monkeypatch, capsys, tmp_path):
+    """A run's benchmarks with an unrated judge step: the table and the files stay, the exit code says it failed."""
+    import lensml.cli as cli_module
+    from lensml.results.report import RunReport
+
+    side = {"results": [{"task": "mtbench", "language": "zh", "value": 0.5, "judge_error": "connection refused"}]}
+    report = RunReport("m", "en", ["en", "zh"], benchmarks={"base": side, "enhanced": side})
+    monkeypatch.setattr(cli_module, "run", lambda cfg: report)
+    assert main(["run", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "mtbench:zh: connection refused" in err
+    side["results"][0].pop("judge_error")
+    assert main(["run", "--out", str(tmp_path / "out")]) == 0

@@ -38,17 +38,24 @@ def iter_jsonl(path: Path) -> Iterator[tuple[dict, str]]:
     """(row, "file:line") per non-empty line; a bad line is an error naming the file and line."""
     path = Path(path)
     for lineno, raw in enumerate(_read_bytes(path).split(b"\n"), 1):
-        line = _decode(raw, path, lineno)
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LensError(f"{where}: not valid JSON ({err.msg}): fix or remove the line") from err
-        if not isinstance(row, dict):
-            raise LensError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield row, where
+        parsed = _json_line(raw, path, lineno)
+        if parsed is not None:
+            yield parsed
+
+
+def _json_line(raw: bytes, path: Path, lineno: int) -> tuple[dict, str] | None:
+    """(row, "file:line") of one JSONL line, None for a blank one; a bad line is an error naming both."""
+    line = _decode(raw, path, lineno)
+    if not line.strip():
+        return None
+    where = f"{path}:{lineno}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise LensError(f"{where}: not valid JSON ({err.msg}): fix or remove the line") from err
+    if not isinstance(row, dict):
+        raise LensError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row, where
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -122,17 +129,9 @@ def stream_table(path: Path) -> Iterator[tuple[dict, str]]:
         return
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            line = _decode(raw, path, lineno)
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LensError(f"{where}: not valid JSON ({err.msg}): fix or remove the line") from err
-            if not isinstance(row, dict):
-                raise LensError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield row, where
+            parsed = _json_line(raw, path, lineno)
+            if parsed is not None:
+                yield parsed
 
 
 def _stream_csv(path: Path, delimiter: str) -> Iterator[tuple[dict, str]]:

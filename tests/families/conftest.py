@@ -9,9 +9,9 @@ both gguf-py and transformers' GGUF loader know (tests/families/test_gguf.py).
 from __future__ import annotations
 
 import pytest
-import torch
 
 from lensml.runtime.models import ModelConfig, load_model
+from tests.evaluation.conftest import _one_thread  # noqa: F401  (autouse fixture: one torch thread)
 from tests.helpers import build_tiny_model
 
 #: llama and gemma3 are the suite's own tiny models (ChatML template); the others carry their family's template.
@@ -42,10 +42,3 @@ def load(path):
     return model, tok
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls: one torch thread is faster than two that wait for each other (tests/evaluation/conftest.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -131,6 +131,7 @@ class DummyMethod(Method):
     needs_subspace = False
 
     def train(self, model, tokenizer, inputs, cfg, log_path=None, options=None):
+        # A registry double: these tests check registration, flags and config sections, never training.
         raise NotImplementedError("never trained in these tests")
 '''
 

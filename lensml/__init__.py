@@ -1,8 +1,16 @@
 """lensml: multilingual enhancement of LLMs via language subspaces (LENS).
 
-    from lensml import load_model, probe, train, RunConfig, run
-    model, tok, name = load_model(ModelConfig(model="smollm2-135m-instruct"))
+Probe a model's language subspaces, train it with them, and score it on a benchmark:
 
+    from lensml import ModelConfig, ProbeConfig, TrainConfig, evaluate, load_model, load_rows, load_texts, probe, train
+
+    model, tok, name = load_model(ModelConfig(model="smollm2-135m-instruct"))
+    subspace = probe(model, tok, load_texts("embedded", ["en", "zh"]), "en", ProbeConfig())
+    result = train(model, tok, subspace, load_rows("embedded", ["en", "zh"]), ["zh"], "en", TrainConfig())
+    print(result)  # steps, final loss, trainable share
+    scores = evaluate(model, "xcopa:zh", tokenizer=tok, limit=50)  # data: LENSML_EVAL_DATA, or the Hub
+
+The whole job, with its output folder and report: `run(RunConfig(langs=["zh"], out="runs/nb"))`.
 The names below are imported on first use, so `import lensml` stays cheap (no torch
 or transformers until a function needs them).
 """
@@ -21,6 +29,7 @@ _EXPORTS = {
     "LanguageSubspace": "lensml.lens.subspace",
     "train": "lensml.methods.lens", "TrainConfig": "lensml.training", "LossConfig": "lensml.lens.losses",
     "run": "lensml.recipes.run", "RunConfig": "lensml.recipes.config", "load_config": "lensml.recipes.config",
+    "evaluate": "lensml.evaluation.api", "EvalConfig": "lensml.evaluation.suite",
     "RunReport": "lensml.results.report", "RunDir": "lensml.results.rundir", "apply_patch": "lensml.export.patch",
     "load_rows": "lensml.data.loaders", "load_texts": "lensml.data.loaders",
 }

@@ -111,6 +111,11 @@ def _flatten(doc: dict, prefix: str = "") -> dict:
     return flat
 
 
+def flat_options(doc: dict) -> dict:
+    """A nested mapping of options (a YAML file's, a manifest's config) as dotted name -> value."""
+    return _flatten(doc)
+
+
 def read_yaml(path: str) -> dict:
     p = Path(path)
     if not p.is_file():

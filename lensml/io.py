@@ -185,21 +185,29 @@ def follow_umask(folder: Path) -> None:
 
 @contextlib.contextmanager
 def staged_dir(out: str | os.PathLike, overwrite: bool = False,
-               replaceable: Replaceable | None = None) -> Iterator[Path]:
+               replaceable: Replaceable | None = None, keep: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `out` only if the block succeeds.
 
     The old `out` (with --overwrite, and only if replaceable says so: see check_free) is moved
     aside first and deleted only after the new one is in place, so a failure at any point leaves
     either the old or the new folder, never a mix and never neither. What the block wrote gets
     the umask's permissions (follow_umask) before it is published.
+
+    keep: stage in this folder instead (a sibling of `out`, made if absent, its contents kept) and
+    leave it where it is when the block fails, so that a later job can take up its finished parts
+    (lensml.recipes.resume); `out` itself is still written only whole.
     """
     out = Path(out)
     check_free(out, overwrite, replaceable)
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{out.name}{TMP_MARK}"
     remove_stale(out.parent, prefix)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{prefix}{os.getpid()}-"))
-    chmod_default(tmp, directory=True)
+    if keep is None:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{prefix}{os.getpid()}-"))
+        chmod_default(tmp, directory=True)
+    else:
+        tmp = Path(keep)
+        tmp.mkdir(exist_ok=True)
     try:
         yield tmp
         check_free(out, overwrite, replaceable)
@@ -212,4 +220,5 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False,
         else:
             os.replace(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)

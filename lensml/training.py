@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from lensml import distributed
+from lensml import distributed, tracking
 from lensml.errors import LensError
 from lensml.io import append_jsonl
 from lensml.lens.losses import LossConfig
@@ -129,6 +129,16 @@ class TrainResult:
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
 
+    def __repr__(self) -> str:
+        """One line a notebook can show: the per-step history and the resolved options stay in their fields."""
+        loss = self.final.get("loss")
+        seconds = self.timings_s.get("steps")
+        parts = [f"method={self.method!r}", f"steps={self.steps}", f"lr={self.lr:g}",
+                 *([f"final_loss={loss:.4g}"] if loss is not None else []),
+                 f"trainable={100 * self.trainable_share:.2f}% of {self.total_parameters:,}",
+                 *([f"train_s={seconds:.1f}"] if seconds is not None else [])]
+        return f"TrainResult({', '.join(parts)})"
+
 
 #: A micro-step: (item indices, backward weight or None for no backward) -> loss terms as floats.
 MicroStep = Callable[[list[int], "float | None"], dict]
@@ -159,7 +169,7 @@ def _check_finite(terms: dict, when: str) -> None:
 
 def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, micro_step: MicroStep,
              result: TrainResult, terms: tuple[str, ...], device, log_path: Path | None = None,
-             model: torch.nn.Module | None = None) -> TrainResult:
+             model: torch.nn.Module | None = None, sizes: list[int] | None = None) -> TrainResult:
     """Run cfg.epochs passes of shuffled batches over n_items, updating params in place.
 
     Appends one record per step to result.history (and to log_path as JSONL while it
@@ -168,6 +178,8 @@ def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, m
     a run that diverged on its last update fails here instead of saving a broken model.
     model: the model params belong to; its norm weights and biases then take no weight decay
     (lensml.runtime.optim.param_groups, the HF Trainer's convention every built-in method follows).
+    sizes: each item's weight in its step's loss (an SFT item's response tokens: the step's loss is then the
+    mean over its tokens however the step is split into micro-batches and processes); default: one per item.
     """
     steady_attention(params)  # models not loaded by lensml.runtime.models.load_model get it here
     steps_per_epoch = math.ceil(n_items / cfg.batch_size)
@@ -180,7 +192,12 @@ def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, m
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, warmup, total_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     micro = max(1, math.ceil(cfg.batch_size / cfg.grad_accum / distributed.world_size()))
+    sharded = distributed.is_sharded(params)  # FSDP: the model's own hooks reduce-scatter the gradients
+    if distributed.is_distributed():
+        result.resolved.setdefault("parallel", distributed.describe(params))
+    size_of = len if sizes is None else (lambda idx: sum(sizes[i] for i in idx))
     t0 = time.perf_counter()
+    last_step = result.steps + total_steps  # steps count on across calls (qalign's two stages)
     bar = progress(total=total_steps, desc="training", leave=False)
     try:
         for _epoch in range(cfg.epochs):
@@ -189,12 +206,18 @@ def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, m
                 step_idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
                 mine = distributed.my_share(step_idx)
                 logged = dict.fromkeys(terms, 0.0)
+                whole = size_of(step_idx)
                 for m in range(0, len(mine), micro):
                     idx = mine[m:m + micro]
-                    for k, v in micro_step(idx, len(idx) / len(step_idx)).items():
-                        logged[k] += v * len(idx) / len(step_idx)
+                    share = size_of(idx) / whole if whole else 0.0
+                    for k, v in micro_step(idx, share).items():
+                        logged[k] += v * share
+                if sharded:  # every forward/backward is a collective: match the busiest process, adding nothing
+                    for _ in range(distributed.busiest_micro_steps(step_idx, micro) - math.ceil(len(mine) / micro)):
+                        micro_step(step_idx[:1], 0.0)
                 if distributed.is_distributed():
-                    distributed.all_reduce_grads(params)
+                    if not sharded:
+                        distributed.all_reduce_grads(params)
                     summed = distributed.all_reduce_sum(torch.tensor([logged[k] for k in terms], device=device))
                     logged = dict(zip(terms, summed.tolist()))
                 _check_finite(logged, f"at step {result.steps + 1}")
@@ -208,12 +231,15 @@ def optimise(params: list[torch.nn.Parameter], n_items: int, cfg: TrainConfig, m
                 result.history.append(record)
                 if log_path is not None and distributed.is_main():
                     append_jsonl(log_path, record)
+                tracking.log_step(record, last_step)  # run.log every few steps, --report-to trackers every step
                 bar.set_postfix(loss=f"{logged['loss']:.4g}")
                 bar.update()
                 log.debug("step %d %s", result.steps, fmt_terms(logged))
     finally:
         bar.close()
     check_idx = distributed.my_share(list(range(n_items)))[:micro]  # items this process holds
+    if sharded:  # the forward is a collective: every process runs it
+        check_idx = check_idx or [0]
     if check_idx:
         with torch.no_grad():
             _check_finite(micro_step(check_idx, None), "with the trained weights")

@@ -21,7 +21,7 @@ PACKAGE = ROOT / "lensml"
 #: Low to high. A module belongs to the first entry whose prefix names it (exact module or package).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("lensml", "lensml.errors", "lensml.io", "lensml.languages", "lensml.progress", "lensml.distributed",
-              "lensml.provenance", "lensml.config")),
+              "lensml.provenance", "lensml.config", "lensml.tracking")),
     ("runtime", ("lensml.runtime", "lensml.data")),
     ("lens", ("lensml.lens",)),
     ("training", ("lensml.training",)),
@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("lensml.cli",)),
 ]
 #: Optional or environment-dependent packages a function may import lazily (see each module's comment).
-LAZY_OK = {"datasets", "pyarrow", "fasttext", "gcld3", "httpx2", "huggingface_hub", "matplotlib"}
+LAZY_OK = {"datasets", "pyarrow", "fasttext", "gcld3", "httpx2", "huggingface_hub", "matplotlib",
+           "tensorboard", "wandb", "mlflow"}  # the experiment trackers of --report-to (lensml.tracking)
 
 
 def module_name(path: Path) -> str:

@@ -68,11 +68,13 @@ def test_sigterm_cleans_up_and_exits_143(tiny_llama, parallel_data, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TQDM_DISABLE": "1"})
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob(".run.tmp-*/losses.jsonl")):
+    while time.time() < deadline and not list(tmp_path.glob(".run.partial/losses.jsonl")):
         time.sleep(0.2)
-    assert list(tmp_path.glob(".run.tmp-*/losses.jsonl")), "training never started"
+    assert list(tmp_path.glob(".run.partial/losses.jsonl")), "training never started"
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "terminated" in err.splitlines()[-1]
-    assert not out.exists() and not list(tmp_path.glob(".run*"))
+    # OUT is not written; the finished probe is kept beside it for --resume (lensml.recipes.resume), nothing else.
+    assert not out.exists() and [p.name for p in tmp_path.glob(".run*")] == [".run.partial"]
+    assert list(json.loads((tmp_path / ".run.partial" / "progress.json").read_text())["finished"]) == ["probe"]

@@ -11,9 +11,11 @@ import logging
 import signal
 import sys
 import threading
+from importlib import metadata
 
+from lensml import __version__
 from lensml.cli import chat
-from lensml.cli.args import add_config_arguments, config_from, method_sections, run_titles
+from lensml.cli.args import LensParser, add_config_arguments, config_from, method_sections, overrides_of, run_titles
 from lensml.cli.dry_run import print_plan
 from lensml.cli.eval import add_eval_commands
 from lensml.cli.plot import add_plot_command
@@ -21,10 +23,11 @@ from lensml.cli.sweep import add_sweep_command
 from lensml.errors import LensError
 from lensml.evaluation.suite import judge_failures
 from lensml.recipes.apply import apply_job
+from lensml.recipes.config import read_options
 from lensml.recipes.plan import plan_job
 from lensml.recipes.probe import probe_job
 from lensml.recipes.run import run
-from lensml.recipes.train import train_job
+from lensml.recipes.train import subspace_languages, train_job
 
 
 class Terminated(Exception):
@@ -44,7 +47,7 @@ def cmd_run(args) -> int:
     if getattr(args, "dry_run", False):
         print_plan(plan_job(cfg, "run"))
         return 0
-    report = run(cfg)
+    report = run(cfg, resume=args.resume)
     if report is None:
         return 0
     print(report.table())
@@ -66,7 +69,8 @@ def cmd_probe(args) -> int:
 
 
 def cmd_train(args) -> int:
-    cfg = config_from(args)
+    given = set(overrides_of(args)) | set(read_options(args.config) if getattr(args, "config", None) else {})
+    cfg = subspace_languages(config_from(args), args.subspace, given)  # languages not given: the subspace's
     if getattr(args, "dry_run", False):
         print_plan(plan_job(cfg, "train", args.subspace))
         return 0
@@ -87,17 +91,30 @@ def cmd_chat(args) -> int:
                 args.steer_strength)
 
 
+def installed_version() -> str:
+    """The installed distribution's version (what pip reports), else the package's own in a bare checkout."""
+    try:
+        return metadata.version("lensml")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    verbose = argparse.ArgumentParser(add_help=False)
+    verbose = LensParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                          help="log debug messages (per-step losses)")
-    parser = argparse.ArgumentParser(prog="lens", parents=[verbose],
-                                     description="LENS: multilingual enhancement via language subspaces")
+    parser = LensParser(prog="lens", parents=[verbose],
+                        description="LENS: multilingual enhancement via language subspaces")
+    parser.add_argument("--version", action="version", version=f"lens {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", parents=[verbose], usage="lens run [options]",
                        help="probe, evaluate, train, save and evaluate again (default: SmolLM2-135M, en -> zh)")
     add_config_arguments(p, list(run_titles()))  # every section, the registered methods' included
     p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    p.add_argument("--resume", action="store_true",
+                   help="take up an interrupted run of the same options and data (kept in .OUT.partial beside "
+                        "--out) after its last finished stage: subspace, base answers, base benchmarks, trained "
+                        "model (default: off; an interrupted run's leftovers are replaced)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("probe", parents=[verbose], usage="lens probe [options]",
                        help="probe a model: OUT/subspace and OUT/manifest.json")
@@ -140,12 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def not_printed_here(record: logging.LogRecord) -> bool:
+    """False for the library's "wrote OUT", which every command prints itself as its last line (once, on stdout)."""
+    return not (record.msg == "wrote %s" and record.name.startswith("lensml."))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # the console's; a run's own log file keeps every line
+        handler.addFilter(not_printed_here)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
@@ -154,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
+        print("interrupted: the output folder was not written", file=sys.stderr)
         return 130
     except Terminated:
-        print("terminated: nothing was written", file=sys.stderr)
+        print("terminated: the output folder was not written", file=sys.stderr)
         return 143
     finally:
         if in_main_thread:

@@ -19,6 +19,7 @@ parser from being built, rather than its flags silently missing from the command
 from __future__ import annotations
 
 import argparse
+import difflib
 
 from lensml import methods
 from lensml.config import iter_fields
@@ -44,6 +45,50 @@ def run_titles() -> dict[str, str]:
 def method_sections() -> list[str]:
     """The registered methods' option sections (sft, steer, ...), for a subcommand that trains."""
     return list(methods.sections())
+
+
+class LensParser(argparse.ArgumentParser):
+    """argparse without abbreviations, and with "did you mean" for an unknown flag, said in its subcommand's usage.
+
+    argparse's defaults suit neither: a prefix of a flag is taken for the flag (`--eval-task` ran as
+    --eval-tasks), and an unknown flag after a subcommand is reported by the top parser, with the usage
+    of `lens` rather than of `lens run`. Subparsers are built from the class of their parent, so every
+    parser of the command is one of these.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False  # a prefix is an error, never another flag
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.chosen(parsed).unknown(extras)
+        return parsed
+
+    def chosen(self, parsed: argparse.Namespace) -> "LensParser":
+        """The innermost subcommand's parser (`lens plot subspace` -> its own), which owns the unknown flags."""
+        parser = self
+        while True:
+            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            name = getattr(parsed, sub.dest, None) if sub is not None else None
+            if name not in getattr(sub, "choices", {}):
+                return parser
+            parser = sub.choices[name]
+
+    def shown_flags(self) -> list[str]:
+        """The flags --help lists (hidden older spellings are accepted, not suggested)."""
+        return [s for a in self._actions if a.help != argparse.SUPPRESS for s in a.option_strings]
+
+    def unknown(self, extras: list[str]) -> None:
+        """Exit 2 with this parser's usage, naming the unknown arguments and the closest flag of the first."""
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        flag = next((e.split("=", 1)[0] for e in extras if e.startswith("-")), None)
+        names = {s.lstrip("-"): s for s in self.shown_flags()}  # dashes alike in all: they would inflate the match
+        close = difflib.get_close_matches(flag.lstrip("-"), list(names), n=1, cutoff=0.6) if flag else []
+        if close:
+            message += f" (did you mean {names[close[0]]}?)"
+        self.error(message)
 
 
 class Switch(argparse.Action):
@@ -118,13 +163,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str], o
         names = ["--" + dotted.replace("_", "-"), *ALIASES.get(dotted, [])]
         hidden_names = ["--" + dotted] if "_" in dotted else []
         _add(parser, groups[section], names, hidden_names, f"{PREFIX}{tag}:{name}", tp, help_text,
-             f.metadata.get("choices"), dotted)
+             f.metadata.get("choices"), dotted, repeat=f.metadata.get("repeat", False))
     for old, name in (hidden or {}).items():
         _add(parser, None, [], ["--" + old.replace("_", "-")], f"{PREFIX}{tag}:{name}", types[name], "", None, name)
 
 
-def _add(parser, group, names, hidden_names, dest, tp, help_text, choices, dotted) -> None:
-    common = dict(dest=dest, default=argparse.SUPPRESS)
+def _add(parser, group, names, hidden_names, dest, tp, help_text, choices, dotted, repeat: bool = False) -> None:
+    common = dict(dest=dest, default=argparse.SUPPRESS, **({"action": "append"} if repeat else {}))  # repeat: a list
     if names:
         if tp is bool:
             group.add_argument(*names, action=Switch, help=help_text, **common)

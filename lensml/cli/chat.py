@@ -4,6 +4,11 @@ With --steer RUN_OR_SUBSPACE the model answers with steering hooks on (lensml.me
 --compare then shows the same model without them (or --base, if given). A folder written by
 `lens run --method steer` (no model/, a steering/ folder) can be given as MODEL itself: its
 base model is loaded from the manifest and steered with its own settings.
+
+Answers are printed as their tokens come (lensml.runtime.generation.stream_answer). With --compare,
+the base answer comes first, then the enhanced (or steered) one. Two models are never held at once
+(an 8B pair would not fit where one does): the base model answers every prompt, then the enhanced
+model does, each answer under its prompt's heading; one prompt reads as base then enhanced either way.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import sys
 from lensml.errors import LensError
 from lensml.methods.steer.hooks import Steering
 from lensml.results.rundir import RunDir
-from lensml.runtime.generation import generate_answers
+from lensml.runtime.generation import stream_answer
 from lensml.runtime.models import ModelConfig, load_model
 
 
@@ -47,6 +52,28 @@ def _load(spec: str):
     return load_model(cfg)
 
 
+class Printer:
+    """Prints streamed answers under their prompts: the heading when the prompt changes, a label per side."""
+
+    def __init__(self, prompts: list[str], labelled: bool):
+        self.prompts, self.labelled, self.current = prompts, labelled, None
+
+    def answer(self, model, tok, i: int, label: str, max_new_tokens: int) -> None:
+        if self.current is not None and self.current != i:
+            print(flush=True)
+        if self.current != i:
+            print(f"### {self.prompts[i]}")
+        self.current = i
+        if self.labelled:
+            print(f"--- {label}")
+        stream_answer(model, tok, self.prompts[i], lambda piece: print(piece, end="", flush=True), max_new_tokens)
+        print(flush=True)
+
+    def close(self) -> None:
+        if self.current is not None:
+            print(flush=True)
+
+
 def chat(model_spec: str, base_spec: str | None, compare: bool, prompts: list[str] | None, max_new_tokens: int,
          steer: str | None = None, steer_lang: str | None = None, steer_strength: float | None = None) -> int:
     if max_new_tokens < 1:
@@ -60,24 +87,21 @@ def chat(model_spec: str, base_spec: str | None, compare: bool, prompts: list[st
         steering = Steering.from_pretrained(steer, strength=steer_strength, lang=steer_lang)
     base = (base_spec or (None if steering else base_of(model_spec))) if compare else None
     prompts = read_prompts(prompts)
-    model, tok, name = _load(model_folder(model_spec))
-    base_answers = None
-    if steering is not None:
-        with steering.attach(model, name):
-            answers = generate_answers(model, tok, prompts, max_new_tokens)
-        if compare and base is None:  # the same model without the hooks
-            base_answers = generate_answers(model, tok, prompts, max_new_tokens)
-    else:
-        answers = generate_answers(model, tok, prompts, max_new_tokens)
-    if base is not None:
-        del model
-        base_model, base_tok, _ = _load(base)
-        base_answers = generate_answers(base_model, base_tok, prompts, max_new_tokens)
     label = "steered" if steering is not None else "enhanced"
-    for i, prompt in enumerate(prompts):
-        print(f"### {prompt}")
-        if base_answers is not None:
-            print(f"--- base\n{base_answers[i]}\n--- {label}\n{answers[i]}\n")
+    out = Printer(prompts, labelled=compare)
+    if base is not None:  # another model: all its answers first, then it is let go
+        base_model, base_tok, _ = _load(base)
+        for i in range(len(prompts)):
+            out.answer(base_model, base_tok, i, "base", max_new_tokens)
+        del base_model
+    model, tok, name = _load(model_folder(model_spec))
+    for i in range(len(prompts)):
+        if compare and base is None:  # the same model without the hooks, first
+            out.answer(model, tok, i, "base", max_new_tokens)
+        if steering is not None:
+            with steering.attach(model, name):
+                out.answer(model, tok, i, label, max_new_tokens)
         else:
-            print(f"{answers[i]}\n")
+            out.answer(model, tok, i, label, max_new_tokens)
+    out.close()
     return 0

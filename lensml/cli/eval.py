@@ -31,12 +31,13 @@ import torch
 from lensml.cli.args import add_config_arguments, overrides_of
 from lensml.errors import LensError
 from lensml.evaluation import benchmarks, tasks
-from lensml.evaluation.suite import EvalConfig, check_result_free, evaluate, judge_failures
+from lensml.evaluation.lm_eval_format import result_entries
+from lensml.evaluation.suite import EvalConfig, check_result_free, default_result_path, evaluate, judge_failures
 from lensml.methods.steer.hooks import Steering
 from lensml.recipes.config import load_config
 from lensml.results.benchmark_results import comparison_table
 from lensml.results.benchmark_table import write_table
-from lensml.results.method_table import REFERENCES, compare_runs, output_paths
+from lensml.results.method_table import REFERENCES, check_compared, compare_runs, output_paths
 from lensml.results.rundir import RunDir
 from lensml.runtime.models import ModelConfig, load_model
 
@@ -56,9 +57,10 @@ def _eval_section(dotted: str, _field) -> str:
 
 def add_eval_commands(subparsers, parents=()) -> None:
     shown = ", ".join(benchmarks.get(n).display_name for n in benchmarks.names())
-    p = subparsers.add_parser("eval", parents=list(parents), usage="lens eval --tasks TASKS --out FILE [options]",
+    p = subparsers.add_parser("eval", parents=list(parents), usage="lens eval --tasks TASKS [--out FILE] [options]",
                               help=f"benchmarks ({shown}) -> result JSON")
-    p.add_argument("--out", required=True, help="result JSON to write (answers and samples go beside it)")
+    p.add_argument("--out", help="result JSON to write (answers and samples go beside it) (default: "
+                                 "eval/MODEL/results_TIME.json, as lm-eval's --output_path lays it out)")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an existing --out (default: False)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is faster on a busy CPU)")
@@ -92,7 +94,7 @@ def add_eval_commands(subparsers, parents=()) -> None:
 def format_results(doc: dict) -> str:
     """The printout of `lens eval`: one line per result entry, worded by its benchmark."""
     lines = [f"model: {doc['model']}   device: {doc.get('device')}"]
-    for e in doc["results"]:
+    for e in result_entries(doc) or []:
         benchmark = benchmarks.find(e["task"])
         line = benchmark.describe(e) if benchmark is not None else \
             f"{e['task']}:{e['language']} n={e['n']}: {e['metric']} {e['value']:.4f}"
@@ -101,12 +103,12 @@ def format_results(doc: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    out = Path(args.out)
+    model_cfg = load_config(None, overrides_of(args, "model"), ModelConfig)
+    out = Path(args.out) if args.out else default_result_path(model_cfg.gguf or model_cfg.model)
     if out.is_dir():
         raise LensError(f"--out {out} is a directory: give a file name such as {out / 'results.json'}")
     check_result_free(out, args.overwrite)  # before the model loads
-    cfg = load_config(None, overrides_of(args, "eval"), EvalConfig)  # validated before the model loads
-    model_cfg = load_config(None, overrides_of(args, "model"), ModelConfig)
+    cfg = load_config(None, overrides_of(args, "eval"), EvalConfig)  # validated (tasks and data) before the model loads
     steering = _steering(args, cfg)  # checked before the model loads
     if args.threads is not None:
         if args.threads < 1:
@@ -145,6 +147,7 @@ def _steering(args, cfg):
 
 def cmd_compare(args) -> int:
     reference = getattr(args, "reference", None)
+    check_compared(args.files)  # a folder without results is named, whichever place it has
     if all(RunDir(f).is_run() for f in args.files):  # runs of `lens run`: the methods table (Tables 1 and 5)
         print(compare_runs(args.files, args.out, args.overwrite, reference), end="")
         if args.out:

@@ -35,7 +35,8 @@ def add_plot_command(subparsers, parents=()) -> None:
     p = subparsers.add_parser("plot", parents=list(parents), usage="lens plot WHAT RUN [options]",
                               help="pictures of a finished run (subspace: languages per layer, base vs enhanced)")
     kinds = p.add_subparsers(dest="plot", required=True, metavar="WHAT")
-    s = kinds.add_parser("subspace", parents=list(parents), usage="lens plot subspace RUN [options]",
+    s = kinds.add_parser("subspace", parents=list(parents), prog="lens plot subspace",
+                         usage="lens plot subspace RUN [options]",
                          help="PCA of the held-out prompts' states at a few layers and language separation per "
                               "layer, base beside enhanced: RUN/analysis/")
     s.add_argument("run", help="folder written by `lens run` or `lens train` (needs manifest.json and model/)")

@@ -57,13 +57,16 @@ class ScoringConfig:
 
 @dataclass
 class ItemResult:
-    """Per-item outcome: one score per choice and the predictions of each metric."""
+    """Per-item outcome: one score per choice, the predictions of each metric, and per choice whether it is
+    what the model would have produced greedily (lm-eval's is_greedy: every continuation token the argmax;
+    letter mode: the letter the argmax over the whole vocabulary)."""
 
     gold: int
     scores: list[float]
     pred: int
     pred_norm: int | None = None
     pred_bytes: int | None = None
+    greedy: list[bool] | None = None
 
 
 def _benchmark(item: MCItem) -> MultipleChoiceBenchmark:
@@ -116,10 +119,16 @@ def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, po
     return logits[:, -keep:].float()
 
 
-@torch.no_grad()
 def loglik_scores(model, tokenizer, pairs: list[tuple[str, str]], cfg: ScoringConfig,
                   desc: str = "loglik") -> list[float]:
     """Summed log-probability of each continuation given its context."""
+    return [score for score, _ in loglik_results(model, tokenizer, pairs, cfg, desc)]
+
+
+@torch.no_grad()
+def loglik_results(model, tokenizer, pairs: list[tuple[str, str]], cfg: ScoringConfig,
+                   desc: str = "loglik") -> list[tuple[float, bool]]:
+    """(summed log-probability, is_greedy) of each continuation given its context: lm-eval's loglikelihood."""
     seqs, cont_lens = [], []
     for context, continuation in pairs:
         ctx, cont = encode_pair(tokenizer, context, continuation, cfg.add_bos)
@@ -130,7 +139,7 @@ def loglik_scores(model, tokenizer, pairs: list[tuple[str, str]], cfg: ScoringCo
         cont_lens.append(len(cont))
     device = input_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = [0.0] * len(seqs)
+    out = [(0.0, False)] * len(seqs)
     for idx in tqdm(length_sorted_batches([len(s) for s in seqs], cfg.batch_size), desc=desc, leave=False):
         batch = pad([seqs[i][:-1] for i in idx], pad_id, "left").to(device)
         keep = max(cont_lens[i] for i in idx)
@@ -138,7 +147,8 @@ def loglik_scores(model, tokenizer, pairs: list[tuple[str, str]], cfg: ScoringCo
         for row, i in enumerate(idx):
             c = cont_lens[i]
             targets = torch.tensor(seqs[i][-c:], device=logp.device)
-            out[i] = logp[row, keep - c:].gather(-1, targets[:, None]).sum().item()
+            own = logp[row, keep - c:]
+            out[i] = (own.gather(-1, targets[:, None]).sum().item(), bool((own.argmax(-1) == targets).all()))
     return out
 
 
@@ -150,15 +160,17 @@ def score_loglik(model, tokenizer, items: list[MCItem], cfg: ScoringConfig, desc
         pairs += requests
         owners += [k] * len(requests)
         norms.append(choice_strings)
-    flat = loglik_scores(model, tokenizer, pairs, cfg, desc)
+    flat = loglik_results(model, tokenizer, pairs, cfg, desc)
     per_item: list[list[float]] = [[] for _ in items]
-    for k, score in zip(owners, flat):
+    greedy: list[list[bool]] = [[] for _ in items]
+    for k, (score, is_greedy) in zip(owners, flat):
         per_item[k].append(score)
+        greedy[k].append(is_greedy)
     results = []
-    for item, scores, choices in zip(items, per_item, norms):
+    for item, scores, flags, choices in zip(items, per_item, greedy, norms):
         chars = [s / max(len(c), 1) for s, c in zip(scores, choices)]
         nbytes = [s / max(len(c.encode("utf-8")), 1) for s, c in zip(scores, choices)]
-        results.append(ItemResult(item.label, scores, _argmax(scores), _argmax(chars), _argmax(nbytes)))
+        results.append(ItemResult(item.label, scores, _argmax(scores), _argmax(chars), _argmax(nbytes), flags))
     return results
 
 
@@ -185,9 +197,11 @@ def score_letter(model, tokenizer, items: list[MCItem], cfg: ScoringConfig, desc
     for idx in tqdm(length_sorted_batches([len(s) for s in ids], cfg.batch_size), desc=desc, leave=False):
         batch = pad([ids[i] for i in idx], pad_id, "left").to(device)
         logits = last_logits(model, batch.input_ids, batch.attention_mask, batch.position_ids, 1)[:, -1]
+        top = logits.argmax(-1).tolist()
         for row, i in enumerate(idx):
-            scores = logits[row, letter_ids[prompts[i][1]]].tolist()
-            results[i] = ItemResult(items[i].label, scores, _argmax(scores))
+            option_ids = letter_ids[prompts[i][1]]
+            scores = logits[row, option_ids].tolist()
+            results[i] = ItemResult(items[i].label, scores, _argmax(scores), greedy=[t == top[row] for t in option_ids])
     return results  # type: ignore[return-value]
 
 

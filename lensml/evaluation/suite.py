@@ -13,9 +13,14 @@ fails before any model time is spent. A judge that fails while judging does not 
 the run: the entry keeps what was judged and says why the rest was not in `judge_error`
 (see `judge_failures`). --overwrite replaces only an earlier result file (is_result_file).
 
-The result file (model, per-task language, mode, n, metric, value, standard error,
-timings, versions, options) is what `lens compare` reads; it is written to a
-temporary file and renamed, so an interrupted run never leaves a half file.
+The result file is in lm-evaluation-harness's shape (`results`, `configs`, `versions`,
+`n-samples`: lensml.evaluation.lm_eval_format) with lensml's own entries beside it
+(`lensml_results`: per task language, mode, n, metric, value, standard error, timings),
+which is what `lens compare` reads; it is written to a temporary file and renamed, so an
+interrupted run never leaves a half file. Items are chosen as lm-eval does: --limit N
+takes the first N, --sample N draws N with --seed, neither takes all. The data of every
+task is looked up when the options are built (tasks.check_data), so a missing folder or
+file fails before a model loads.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,8 +39,10 @@ from lensml.errors import LensError
 from lensml.evaluation import benchmarks
 from lensml.evaluation.benchmarks.base import MULTIPLE_CHOICE, GenerationConfig, RunContext, TaskSpec
 from lensml.evaluation.judge import JudgeConfig
+from lensml.evaluation.lm_eval_format import (ENTRIES, PACKAGES, lm_eval_sections, package_versions, result_entries,
+                                              sample_line)
 from lensml.evaluation.scoring import ScoringConfig, accuracy, score_items
-from lensml.evaluation.tasks import load_items, parse_tasks
+from lensml.evaluation.tasks import check_data, load_task, parse_tasks
 from lensml.io import write_json_atomic, write_jsonl_atomic
 from lensml.provenance import versions
 
@@ -46,9 +54,12 @@ class EvalConfig:
     """Options of `lens eval` (flags: --limit, --scoring.mode, --judge.base-url, ...)."""
 
     tasks: str | None = field(default=None, metadata={
-        "help": "comma-separated name:lang[@path], e.g. xcopa:zh,mtbench:zh@data/mt-bench/zh"})
-    limit: int = field(default=1000, metadata={"help": "at most N items per task and language, sampled with --seed"})
-    seed: int = field(default=1234, metadata={"help": "seed of the item sample"})
+        "help": "comma-separated name:lang[@path] or lm-eval's name_lang, e.g. xcopa_zh,mtbench:zh@data/mt-bench/zh"})
+    limit: int | None = field(default=None, metadata={
+        "help": "the first N items of each task and language, as lm-eval's --limit (default: all)"})
+    sample: int | None = field(default=None, metadata={
+        "help": "N items of each task and language drawn with --seed, in file order, instead of --limit (default: all)"})
+    seed: int = field(default=1234, metadata={"help": "seed of --sample"})
     data_dir: str | None = field(default_factory=lambda: os.environ.get("LENSML_EVAL_DATA"), metadata={
         "help": "folder with <task>/<lang>/ data for tasks without @path, e.g. ../shared/data (env LENSML_EVAL_DATA)"})
     langid: str = field(default="lingua", metadata={"help": "language identifier for fidelity: lingua or cld3"})
@@ -59,11 +70,18 @@ class EvalConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "LLM judge of generated answers"})
 
     def __post_init__(self):
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
-            raise LensError(f"limit must be a whole number of at least 1, got {self.limit!r}: pass --limit 1 or more")
+        for name in ("limit", "sample"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise LensError(f"{name} must be a whole number of at least 1, got {value!r}: pass --{name} 1 or more")
+        if self.limit is not None and self.sample is not None:
+            raise LensError("--limit and --sample are both set: pass one (--limit N: the first N items, "
+                            "--sample N: N items drawn with --seed)")
         for name, cls in (("scoring", ScoringConfig), ("generation", GenerationConfig), ("judge", JudgeConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise LensError(f"EvalConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if (self.tasks or "").strip():
+            check_data(self.tasks, self.data_dir)  # a missing folder or file fails here, before any model loads
 
     def public(self) -> dict:
         """The options as recorded in the result (the key's variable name only, never its value)."""
@@ -71,13 +89,12 @@ class EvalConfig:
 
 
 def is_result_file(path: Path) -> bool:
-    """A result JSON that lensml wrote (its results list and the lensml version that wrote it)."""
+    """A result JSON that lensml wrote (its result entries and the lensml version that wrote it), of either shape."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(doc, dict) and isinstance(doc.get("results"), list) and \
-        isinstance(doc.get("versions"), dict) and "lensml" in doc["versions"]
+    return result_entries(doc) is not None and package_versions(doc) is not None
 
 
 def check_result_free(path: Path, overwrite: bool) -> None:
@@ -91,26 +108,35 @@ def check_result_free(path: Path, overwrite: bool) -> None:
                         f"remove it yourself or choose another --out")
 
 
+def default_result_path(model: str, root: str | Path = "eval") -> Path:
+    """Where a result goes without --out, as lm-eval lays out its --output_path: ROOT/<model, with / and other
+    characters unfit for a folder name as __>/results_<UTC time>.json, so a rerun never meets an earlier file."""
+    folder = re.sub(r"[\"<>:/|\\?*\[\]]+", "__", model.strip()) or "model"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%S.%f")
+    return Path(root) / folder / f"results_{stamp}.json"
+
+
 def judge_failures(doc: dict) -> list[dict]:
     """Result entries whose judge failed (their answers are saved; the score is missing)."""
-    return [e for e in doc["results"] if e.get("judge_error")]
+    return [e for e in result_entries(doc) or [] if e.get("judge_error")]
 
 
-def _multiple_choice(model, tokenizer, spec: TaskSpec, ctx: RunContext) -> dict:
+def _multiple_choice(model, tokenizer, spec: TaskSpec, benchmark, ctx: RunContext) -> dict:
     cfg = ctx.cfg
     t0 = time.perf_counter()
-    items, source = load_items(spec, cfg.limit, cfg.seed, cfg.data_dir)
+    items, source, total = load_task(spec, cfg.limit, cfg.sample, cfg.seed, cfg.data_dir)
     t_load = time.perf_counter()
     results = score_items(model, tokenizer, items, cfg.scoring, desc=f"{spec.name} {spec.lang} {cfg.scoring.mode}")
     t_score = time.perf_counter()
     metrics = accuracy(results)
     samples_path = ctx.path(spec, "samples.jsonl") if cfg.save_samples else None
     if samples_path is not None:
-        write_jsonl_atomic(samples_path, [{"where": it.where, "gold": r.gold, "pred": r.pred, "pred_norm": r.pred_norm,
-                                           "scores": r.scores} for it, r in zip(items, results)])
-    return {"task": spec.name, "language": spec.lang, "mode": cfg.scoring.mode, "n": len(items), "metric": "acc",
-            "value": metrics["acc"]["value"], "stderr": metrics["acc"]["stderr"], "metrics": metrics,
-            "source": source, "limit": cfg.limit, "seed": cfg.seed,
+        task = benchmarks.lm_eval_name(spec.name, spec.lang)
+        write_jsonl_atomic(samples_path, [sample_line(benchmark, it, r, cfg.scoring.mode, task)
+                                          for it, r in zip(items, results)])
+    return {"task": spec.name, "language": spec.lang, "mode": cfg.scoring.mode, "n": len(items), "n_total": total,
+            "metric": "acc", "value": metrics["acc"]["value"], "stderr": metrics["acc"]["stderr"], "metrics": metrics,
+            "source": source, "limit": cfg.limit, "sample": cfg.sample, "seed": cfg.seed,
             **({"samples_file": samples_path.name} if samples_path is not None else {}),
             "timings_s": {"load": t_load - t0, "score": t_score - t_load, "total": t_score - t0}}
 
@@ -140,7 +166,7 @@ def evaluate(model, tokenizer, model_name: str, cfg: EvalConfig, out_dir: str | 
             multiple_choice = benchmark.kind == MULTIPLE_CHOICE
             log.info("evaluating %s (%s)", spec, cfg.scoring.mode if multiple_choice else "generate")
             if multiple_choice:
-                entry = _multiple_choice(model, tokenizer, spec, ctx)
+                entry = _multiple_choice(model, tokenizer, spec, benchmark, ctx)
             else:
                 entry = benchmark.run(model, tokenizer, spec, ctx)
             log.info("%s: %s %.4f (n=%d, %.1fs)", spec, entry["metric"], entry["value"], entry["n"],
@@ -148,11 +174,14 @@ def evaluate(model, tokenizer, model_name: str, cfg: EvalConfig, out_dir: str | 
             entries.append(entry)
     finally:
         model.train(was_training)
-    doc = {"model": model_name, "mode": cfg.scoring.mode, "tasks": cfg.tasks,
+    seconds = time.perf_counter() - started
+    device = str(next(model.parameters()).device)
+    doc = {**lm_eval_sections(entries, model_name, device, cfg.limit, cfg.sample, cfg.seed, cfg.scoring,
+                              cfg.generation, seconds),
+           "model": model_name, "mode": cfg.scoring.mode, "tasks": cfg.tasks,
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "device": str(next(model.parameters()).device), "dtype": str(next(model.parameters()).dtype),
-           "versions": versions(), "options": cfg.public(), "results": entries,
-           "timings_s": {"total": time.perf_counter() - started}}
+           "device": device, "dtype": str(next(model.parameters()).dtype),
+           PACKAGES: versions(), "options": cfg.public(), ENTRIES: entries, "timings_s": {"total": seconds}}
     if result_path.exists() and not overwrite:
         raise LensError(f"result file {result_path} appeared while evaluating: pass --overwrite")
     check_result_free(result_path, overwrite)

@@ -15,15 +15,17 @@ import logging
 from lensml.errors import LensError
 from lensml.evaluation import benchmarks
 from lensml.evaluation.benchmarks.base import MULTIPLE_CHOICE, MCItem, TaskSpec
-from lensml.evaluation.benchmarks.sources import sample_indices, source_rows
+from lensml.evaluation.benchmarks.sources import check_source, sample_indices, select_indices, source_rows
 
-__all__ = ["TaskSpec", "MCItem", "parse_tasks", "sample_indices", "load_items", "check_steerable"]
+__all__ = ["TaskSpec", "MCItem", "parse_tasks", "sample_indices", "select_indices", "load_task", "load_items",
+           "check_data", "check_steerable"]
 
 log = logging.getLogger(__name__)
 
 
 def parse_tasks(text: str) -> list[TaskSpec]:
-    """`xcopa:zh,mtbench:zh@data/mt-bench/zh` -> specs; unknown names or duplicates are errors."""
+    """`xcopa:zh,mtbench:zh@data/mt-bench/zh` -> specs; lm-eval's spelling (`xcopa_zh`, `xwinograd_jp`) names the
+    same task; unknown names or duplicates are errors."""
     specs: list[TaskSpec] = []
     for raw in (part.strip() for part in (text or "").split(",")):
         if not raw:
@@ -31,9 +33,17 @@ def parse_tasks(text: str) -> list[TaskSpec]:
         head, _, path = raw.partition("@")
         name, sep, lang = head.partition(":")
         lang = lang.strip()
-        if not sep or not lang:
-            raise LensError(f"task '{raw}' has no language: write name:lang, e.g. xcopa:zh")
-        benchmark = benchmarks.find(name)
+        lm_eval = benchmarks.from_lm_eval(head) if not sep and benchmarks.find(head) is None else None
+        if lm_eval is not None:
+            benchmark, lang = lm_eval
+        elif not sep and "_" in head and benchmarks.find(head) is None:
+            raise LensError(f"unknown task '{head.strip().lower()}': use one of {', '.join(benchmarks.names())} as "
+                            f"name:lang or lm-eval's name_lang, e.g. xcopa:zh or xcopa_zh")
+        elif not sep or not lang:
+            raise LensError(f"task '{raw}' has no language: write name:lang or lm-eval's name_lang, e.g. xcopa:zh "
+                            f"or xcopa_zh")
+        else:
+            benchmark = benchmarks.find(name)
         if benchmark is None:
             raise LensError(f"unknown task '{name.strip().lower()}' in '{raw}': use one of {', '.join(benchmarks.names())}")
         if "@" in raw and not path.strip():
@@ -47,9 +57,10 @@ def parse_tasks(text: str) -> list[TaskSpec]:
     return specs
 
 
-def load_items(spec: TaskSpec, limit: int | None = 1000, seed: int = 1234,
-               data_dir: str | None = None) -> tuple[list[MCItem], str]:
-    """Validated items of a multiple-choice task (at most `limit`, seeded) and their source."""
+def load_task(spec: TaskSpec, limit: int | None = None, sample: int | None = None, seed: int = 1234,
+              data_dir: str | None = None) -> tuple[list[MCItem], str, int]:
+    """Validated items of a multiple-choice task (the first `limit`, or `sample` drawn with `seed`, else all),
+    their source, and how many the source holds (lm-eval's n-samples original)."""
     benchmark = benchmarks.get(spec.name)
     if benchmark.kind != MULTIPLE_CHOICE:
         raise LensError(f"task {spec.name} is not a multiple-choice task")
@@ -57,9 +68,25 @@ def load_items(spec: TaskSpec, limit: int | None = 1000, seed: int = 1234,
     items = [benchmark.normalise(row, where, spec.lang) for row, where in rows]
     if not items:
         raise LensError(f"{source}: no items for language {spec.lang} (empty file?)")
-    chosen = [items[i] for i in sample_indices(len(items), limit, seed)]
+    for doc_id, item in enumerate(items):
+        item.doc_id = doc_id
+    chosen = [items[i] for i in select_indices(len(items), limit, sample, seed)]
     log.info("%s: %d of %d items from %s", spec, len(chosen), len(items), source)
-    return chosen, source
+    return chosen, source, len(items)
+
+
+def load_items(spec: TaskSpec, limit: int | None = None, seed: int = 1234, data_dir: str | None = None,
+               sample: int | None = None) -> tuple[list[MCItem], str]:
+    """Validated items of a multiple-choice task (see load_task) and their source."""
+    items, source, _ = load_task(spec, limit, sample, seed, data_dir)
+    return items, source
+
+
+def check_data(tasks_text: str, data_dir: str | None) -> None:
+    """Every task's data is where the options say (its @path, DATA_DIR/<task>/<lang>/, or the Hub with `datasets`
+    installed): a missing folder or file fails here, in one line, before any model time is spent."""
+    for spec in parse_tasks(tasks_text):
+        check_source(benchmarks.get(spec.name), spec, data_dir)
 
 
 def check_steerable(cfg) -> None:

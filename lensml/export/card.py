@@ -10,7 +10,9 @@ work starts (token, Hub reachable) so that a run never ends half-published.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -50,10 +52,17 @@ the prompt nor a loop; NLL = the base model's own English answers under each mod
 
 ## Use
 
+A plain transformers checkpoint: load it, and ask in its chat template.
+
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
 model = AutoModelForCausalLM.from_pretrained("{{ repo }}")
 tokenizer = AutoTokenizer.from_pretrained("{{ repo }}")
+messages = [{"role": "user", "content": {{ prompt }}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=128, do_sample=False)
+print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
 Made with lensml {{ version }} (`{{ job }}`); the run's report.json and manifest.json hold every number above.
@@ -102,6 +111,43 @@ Made with lensml {{ version }} (`{{ job }}`); the run's report.json and manifest
 """
 
 
+#: A question for the card's usage snippet, in the run's first target language where one is written here.
+EXAMPLE_PROMPTS = {
+    "zh": "请用三句话介绍一下长城。", "ja": "富士山について三文で説明してください。",
+    "ko": "한국의 사계절을 세 문장으로 설명해 주세요.", "fr": "Explique la photosynthèse en trois phrases.",
+    "de": "Erkläre die Photosynthese in drei Sätzen.", "es": "Explica la fotosíntesis en tres frases.",
+    "sw": "Eleza usanisinuru kwa sentensi tatu.", "en": "Explain photosynthesis in three sentences.",
+}
+
+
+def human(value) -> str:
+    """A number as a person writes it: 1e-3, not 0.0010000000000000002 (4 significant digits; the
+    scientific form, without padding zeros, below 0.01 and from a million on). Anything else as str()."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    text = f"{value:.3e}" if abs(value) < 1e-2 or abs(value) >= 1e6 else f"{value:.4g}"
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def human_options(options) -> str:
+    """Resolved options as `name=value` pairs, numbers by human(), nested sections in braces."""
+    if isinstance(options, dict):
+        return ", ".join(f"{k}={{{human_options(v)}}}" if isinstance(v, dict) else f"{k}={human_options(v)}"
+                         for k, v in options.items())
+    if isinstance(options, (list, tuple)):
+        return "[" + ", ".join(human_options(v) for v in options) + "]"
+    return human(options)
+
+
 def _license(base: str) -> str | None:
     if base in KNOWN_LICENSES:
         return KNOWN_LICENSES[base]
@@ -130,11 +176,11 @@ def write_model_card(path: Path, report: RunReport, manifest: dict, repo: str | 
     train = report.train
     details = "\n".join([
         _languages_line(report),
-        f"- Trained {train.steps} optimiser steps at peak learning rate {train.lr:.2e}; "
+        f"- Trained {train.steps} optimiser steps at peak learning rate {human(train.lr)}; "
         f"{100 * train.trainable_share:.2f}% of the parameters ({train.trainable_parameters:,} of "
         f"{train.total_parameters:,}) changed." if train else "- Not trained.",
         _data_line(manifest),
-        f"- Options (resolved): `{manifest.get('train_resolved', {})}`.",
+        f"- Options (resolved): `{human_options(manifest.get('train_resolved') or {}) or 'none'}`.",
         f"- Wall time: {report.timings_s.get('total', 0):.0f} s.",
     ])
     card = ModelCard.from_template(
@@ -145,7 +191,7 @@ def write_model_card(path: Path, report: RunReport, manifest: dict, repo: str | 
                  f"`{base}` with its language representations edited by lensml ({report.method}) so that it "
                  f"answers better in {', '.join(_targets(report))}."),
         details=details, table=report.table(), repo=repo or "PATH/TO/model", version=__version__,
-        job=_job(manifest, ""))
+        job=_job(manifest, ""), prompt=json.dumps(_example_prompt(report), ensure_ascii=False))
     write_text_atomic(path, str(card))
 
 
@@ -155,18 +201,18 @@ def write_steering_card(path: Path, report: RunReport, manifest: dict, repo: str
     resolved = manifest.get("train_resolved") or {}
     steer = resolved.get("steer") or {}
     strength = steer.get("strength")
-    chosen = (f"chosen by measurement on the training prompts among {steer.get('grid')}"
+    chosen = (f"chosen by measurement on the training prompts among {human_options(steer.get('grid'))}"
               if resolved.get("measurement") else "as given (--steer.strength)")  # measured only when not given
     lang = steer.get("lang")
     total = report.train.total_parameters if report.train else 0
     details = "\n".join([
         _languages_line(report),
-        f"- Strength lambda = {strength if strength is not None else '?'} language gaps, {chosen}; added from probed "
-        f"layer {steer.get('start_layer')} on, pull {steer.get('pull')}; the language steered to is "
+        f"- Strength lambda = {human(strength) if strength is not None else '?'} language gaps, {chosen}; added "
+        f"from probed layer {steer.get('start_layer')} on, pull {steer.get('pull')}; the language steered to is "
         + (f"`{lang}` for every prompt." if lang else "read off each prompt's state."),
         f"- No weight changed (0 of {total:,} parameters): the hooks act on the base model at inference.",
         _data_line(manifest),
-        f"- Settings (resolved): `{steer}`.",
+        f"- Settings (resolved): `{human_options(steer) or 'none'}`.",
         f"- Wall time: {report.timings_s.get('total', 0):.0f} s.",
     ])
     spec = manifest.get("base_model") or base  # what `lens chat` loads (a path, Hub id, packaged name or .gguf)
@@ -182,6 +228,10 @@ def write_steering_card(path: Path, report: RunReport, manifest: dict, repo: str
         steering="steering" if repo else "PATH/TO/RUN/steering", fetch=fetch, version=__version__,
         job=_job(manifest, " --method steer"))
     write_text_atomic(path, str(card))
+
+
+def _example_prompt(report: RunReport) -> str:
+    return next((EXAMPLE_PROMPTS[lang] for lang in _targets(report) if lang in EXAMPLE_PROMPTS), EXAMPLE_PROMPTS["en"])
 
 
 def _targets(report: RunReport) -> list[str]:

@@ -3,8 +3,11 @@
 llama.cpp and ollama run GGUF, and the default model is one. Rather than converting the
 whole enhanced checkpoint (re-quantising layers that never changed), the source GGUF
 is copied (lensml.export.gguf_file): every key-value and every untouched tensor byte for byte, and each changed
-tensor is written in the source's own quantisation type where gguf-py can quantise it
-(else F16), or in F16/F32 when asked. HF -> GGUF tensor processing is the inverse of
+tensor is written in the type asked for (TYPES), within llama.cpp's rules (tensor_type): 1-D tensors (norms,
+biases) and the MoE router always F32, since llama.cpp's element-wise ops take no F16 or quantised operand
+(an F16 norm aborts it at the first token); matrices in a type llama.cpp multiplies with and gguf-py writes,
+F16 where a row does not fill the type's blocks. Q8_0 is the default: the source's own 4-bit type undoes the
+edit in llama.cpp (README, "Run the result in llama.cpp / ollama"). HF -> GGUF tensor processing is the inverse of
 transformers' GGUF loader: Llama's (and Mistral's) Q/K rows are permuted back to llama.cpp's
 rotary layout, Gemma's norm weights get their +1 back, Qwen3-MoE's fused expert gate/up tensor
 is split in two; Qwen2, Qwen3 and Phi-3 (fused qkv_proj and gate_up_proj, as llama.cpp keeps
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 from gguf import GGMLQuantizationType as Q
 from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
@@ -30,7 +33,15 @@ from lensml.runtime.gguf_read import reading_once
 
 log = logging.getLogger(__name__)
 
-TYPES = ("source", "f16", "f32")
+#: --gguf-out choices: the source file's own type, Q8_0, F16 or F32 for changed matrices. gguf-py 0.19 cannot
+#: quantise to any K-quant (Q6_K, Q5_K, Q4_K raise NotImplementedError), so those are not offered.
+TYPES = ("source", "q8_0", "f16", "f32")
+DEFAULT_TYPE = "q8_0"
+#: Matrix types llama.cpp computes with (CPU matmul and get_rows) that gguf-py can write.
+LLAMACPP_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0})
+#: Tensors llama.cpp's convert_hf_to_gguf always keeps in F32 whatever their rank (the MoE router's logits feed
+#: a softmax and top-k directly; norms are element-wise).
+_F32_ALWAYS = (".ffn_gate_inp.", "_norm.weight")
 
 
 def _permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
@@ -73,21 +84,36 @@ def _to_gguf_layout(arch: str, gguf_name: str, w: np.ndarray, config) -> np.ndar
                     f"{', '.join(SUPPORTED)}): use OUT/model (or llama.cpp's convert_hf_to_gguf.py on it)")
 
 
-def _encode(w: np.ndarray, source_type, wanted: str):
-    """(array, GGMLQuantizationType) for a changed tensor."""
-    if wanted == "f32" or (wanted == "source" and source_type == Q.F32):
-        return w.astype(np.float32), Q.F32
-    if wanted == "f16" or source_type == Q.F16:
-        return w.astype(np.float16), Q.F16
-    try:
-        return quants.quantize(w.astype(np.float32), source_type), source_type
-    except (NotImplementedError, quants.QuantError, ValueError) as err:  # gguf-py cannot quantise some types
-        log.warning("gguf-py cannot write %s (%s): the changed tensor is stored as F16", source_type.name, err)
-        return w.astype(np.float16), Q.F16
+def tensor_type(name: str, shape: tuple[int, ...], source_type: Q, wanted: str) -> Q:
+    """The type a changed tensor is stored in: llama.cpp's rules first, then what was asked for.
+
+    llama.cpp's element-wise ops (add, mul: norms, biases) take F32 operands only, and every type a matrix is
+    stored in must be one its matmul and gguf-py's quantiser both know; a row that does not fill whole blocks of
+    the wanted type goes to F16, as llama.cpp's converter does.
+    """
+    if len(shape) <= 1 or any(part in name for part in _F32_ALWAYS):
+        return Q.F32
+    qtype = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}.get(wanted, source_type)
+    if qtype not in LLAMACPP_TYPES:
+        log.warning("gguf-py cannot write %s: the changed tensor %s is stored as F16", Q(qtype).name, name)
+        return Q.F16
+    block = GGML_QUANT_SIZES[qtype][0]
+    if shape[-1] % block:
+        log.warning("%s rows of %d do not fill %s blocks of %d: stored as F16", name, shape[-1], qtype.name, block)
+        return Q.F16
+    return qtype
+
+
+def _encode(w: np.ndarray, qtype: Q) -> np.ndarray:
+    if qtype == Q.F32:
+        return w.astype(np.float32)
+    if qtype == Q.F16:
+        return w.astype(np.float16)
+    return quants.quantize(w.astype(np.float32), qtype)
 
 
 def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, changed: list[str],
-                gguf_type: str = "source") -> dict:
+                gguf_type: str = DEFAULT_TYPE) -> dict:
     """Write target: source with the HF parameters named in `changed` taken from model. Returns a summary."""
     if gguf_type not in TYPES:
         raise LensError(f"unknown GGUF tensor type '{gguf_type}': use one of {', '.join(TYPES)}")
@@ -109,8 +135,9 @@ def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, cha
             hf = hf_of.get(t.name)
             if hf in wanted:
                 w = params[hf].detach().to("cpu", torch.float32).numpy()
-                data, qtype = _encode(_to_gguf_layout(src.architecture, t.name, w, model.config),
-                                      GGMLQuantizationType(t.type), gguf_type)
+                w = _to_gguf_layout(src.architecture, t.name, w, model.config)
+                qtype = tensor_type(t.name, w.shape, GGMLQuantizationType(t.type), gguf_type)
+                data = _encode(w, qtype)
                 replaced[t.name] = (np.ascontiguousarray(data).tobytes(), int(qtype))
                 written[t.name] = qtype.name
         missing = wanted - {hf_of.get(name) for name in written}

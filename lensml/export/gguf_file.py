@@ -55,9 +55,11 @@ class GGUFFile:
         if magic != b"GGUF" or not 2 <= self.version <= 3:
             raise LensError(f"{self.path} is not a little-endian GGUF v2/v3 file: use --gguf-out with another source")
         pos, self.alignment, self.architecture = 24, DEFAULT_ALIGNMENT, None
+        self._values: dict[str, tuple[int, int]] = {}  # key -> (value type, where its value starts)
         for _ in range(self.n_kv):
             key, pos = self._string(pos)
             (vtype,), pos = struct.unpack_from("<I", self.buf, pos), pos + 4
+            self._values[key] = (vtype, pos)
             if key == "general.alignment" and vtype == 4:
                 self.alignment = struct.unpack_from("<I", self.buf, pos)[0]
             if key == "general.architecture" and vtype == _STRING:
@@ -92,6 +94,19 @@ class GGUFFile:
                 pos = self._skip(pos, etype)
             return pos
         raise LensError(f"{self.path}: unknown GGUF value type {vtype}")
+
+    def array_string(self, key: str, index: int) -> str | None:
+        """Item `index` of a string-array key-value (a token's text by its id), None if there is none."""
+        vtype, pos = self._values.get(key, (None, 0))
+        if vtype != _ARRAY:
+            return None
+        etype, count = struct.unpack_from("<IQ", self.buf, pos)
+        if etype != _STRING or not 0 <= index < count:
+            return None
+        pos += 12
+        for _ in range(index):
+            pos += 8 + struct.unpack_from("<Q", self.buf, pos)[0]
+        return self._string(pos)[0]
 
     def data(self, t: TensorInfo) -> memoryview:
         start = self.data_start + t.offset

@@ -20,8 +20,8 @@ from lensml.lens.reference_cache import ReferenceCache
 from lensml.lens.subspace import LanguageSubspace
 from lensml.progress import progress as tqdm
 from lensml.runtime.models import decoder_of, input_device, steady_attention
-from lensml.runtime.shared_prefix import batch_for, past_kwargs
-from lensml.runtime.templating import encode_prompts, length_sorted_batches
+from lensml.runtime.shared_prefix import batch_for, group_batches, past_kwargs, sharing
+from lensml.runtime.templating import encode_prompts
 from lensml.runtime.topblock import TopBlock, capturing_all, shared_prefix
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,13 @@ def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: s
     mine = distributed.my_share(list(range(len(ids))))
     total = torch.zeros(len(decoder_of(model).layers), model.get_input_embeddings().embedding_dim,
                         dtype=torch.float64, device=device)
-    pre, heads, tails = shared_prefix(model, ids, cfg.share_prefix, blocks)
-    for idx in tqdm(length_sorted_batches([len(tails[i]) for i in mine], cfg.batch_size), desc=desc, leave=False):
+    # prompts cut from the left past the template (long Bengali ones at 128 tokens) run whole; the rest share it
+    pre, heads, tails = shared_prefix(model, ids, cfg.share_prefix, blocks, partial=True)
+    shared = sharing(ids, tails)
+    for idx in tqdm(group_batches([len(tails[i]) for i in mine], [shared[i] for i in mine], cfg.batch_size),
+                    desc=desc, leave=False):
         rows = [mine[i] for i in idx]
-        batch, past = batch_for(pre, ids, tails, rows, tokenizer.pad_token_id)
+        batch, past = batch_for(pre, ids, tails, rows, tokenizer.pad_token_id, shared=shared)
         batch = batch.to(device)
         if not blocks:
             total += last_token_states(model, batch, past=past).to(torch.float64).sum(dim=1)
@@ -117,7 +120,7 @@ def language_means(model, tokenizer, texts: list[str], cfg: ProbeConfig, desc: s
         with capturing_all(blocks) as captured:
             total += last_token_states(model, batch, keep_final=finals, past=past).to(torch.float64).sum(dim=1)
         for c, cap, head in zip(caches, captured, heads):
-            c.store(lang, rows, cap["h"], finals[0], batch, head)
+            c.store(lang, rows, cap["h"], finals[0], batch, head if past is not None else None)
     for c, block in zip(caches, blocks):
         c.as_tuple = block.as_tuple
     return (distributed.all_reduce_sum(total) / len(ids)).cpu()

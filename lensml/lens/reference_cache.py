@@ -16,8 +16,8 @@ from lensml import distributed
 from lensml.errors import LensError
 from lensml.progress import progress
 from lensml.runtime.models import input_device
-from lensml.runtime.shared_prefix import after, batch_for, common_prefix_length, shareable
-from lensml.runtime.templating import Batch, encode_prompts, gather_last, length_sorted_batches, pad
+from lensml.runtime.shared_prefix import after, batch_for, group_batches, shareable, sharing, split
+from lensml.runtime.templating import Batch, encode_prompts, gather_last, pad
 from lensml.runtime.topblock import TopBlock, capturing_all, shared_prefix
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,17 @@ def fill_caches(model, caches: list["ReferenceCache"], batch_size: int, share_pr
     model_device = input_device(model)
     for lang, seqs in first.ids.items():
         owned = distributed.my_share(list(range(len(seqs))))
-        pre, heads, tails = shared_prefix(model, seqs, share_prefix, blocks)
-        for group in progress(length_sorted_batches([len(tails[i]) for i in owned], batch_size),
+        pre, heads, tails = shared_prefix(model, seqs, share_prefix, blocks, partial=True)
+        shared = sharing(seqs, tails)  # prompts cut past their template run whole
+        for group in progress(group_batches([len(tails[i]) for i in owned], [shared[i] for i in owned], batch_size),
                               desc=f"cache {lang}", leave=False):
             idx = [owned[g] for g in group]
-            batch, past = batch_for(pre, seqs, tails, idx, first.pad_id)
+            batch, past = batch_for(pre, seqs, tails, idx, first.pad_id, shared=shared)
             batch = batch.to(model_device)
             with torch.no_grad(), capturing_all(blocks) as captured:
                 final = blocks[0]._call(batch, past=past).last_hidden_state
             for cache, cap, head in zip(caches, captured, heads):
-                cache.store(lang, idx, cap["h"], final, batch, head)
+                cache.store(lang, idx, cap["h"], final, batch, head if past is not None else None)
     for cache, block in zip(caches, blocks):
         cache.as_tuple = block.as_tuple
 
@@ -63,9 +64,14 @@ class ReferenceCache:
     caches only the prompts it owns (distributed.my_share).
     """
 
-    def __init__(self, ids: dict[str, list[list[int]]], pad_id: int, start: int, device, prefix: int = 0):
+    def __init__(self, ids: dict[str, list[list[int]]], pad_id: int, start: int, device, prefix: int = 0,
+                 head: list[int] | None = None):
         self.ids, self.pad_id, self.start, self.device = ids, pad_id, start, device
-        self.prefix = prefix  # tokens every prompt of every language starts with, run once per step (0: none)
+        self.prefix = prefix  # tokens the prompts start with, run once per step (0: none)
+        # which prompts hold those tokens (head; default: every prompt): one cut from the left past them runs whole
+        head = head if head is not None else next((s[:prefix] for seqs in ids.values() for s in seqs), [])
+        self.shared = {lang: [bool(prefix) and len(s) > prefix and s[:prefix] == head for s in seqs]
+                       for lang, seqs in ids.items()}
         self.as_tuple: bool | None = None
         self.hidden = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
         self.last = {lang: [None] * len(seqs) for lang, seqs in ids.items()}
@@ -130,7 +136,8 @@ class ReferenceCache:
 
     def prefix_hidden(self, device) -> torch.Tensor:
         """(1, P, d) start-layer input of the shared prefix (the same in every prompt)."""
-        first = next(h for seqs in self.hidden.values() for h in seqs if h is not None)  # a process owns a share
+        first = next(h for lang, seqs in self.hidden.items() for h, s in zip(seqs, self.shared[lang])
+                     if h is not None and s)  # a process owns a share
         return first[None, :self.prefix].to(device)
 
 
@@ -168,8 +175,9 @@ def empty_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[s
            for lang in langs}
     device = _cache_device(cfg.cache_device, input_device(model), model, ids)
     every = [s for seqs in ids.values() for s in seqs]
+    head, _ = split(every, shareable(model, every, cfg.share_prefix), partial=True)
     return ReferenceCache(ids, tokenizer.pad_token_id, TopBlock(model, cfg.start_layer).start, device,
-                          prefix=common_prefix_length(every) if shareable(model, every, cfg.share_prefix) else 0)
+                          prefix=len(head), head=head)
 
 
 def build_cache(model, tokenizer, pairs: list[dict[str, str]], languages: list[str], central: str,

@@ -9,6 +9,7 @@ every step; data streamed from large sources (PackedExamples) are never cached.
 
 from __future__ import annotations
 
+import logging
 import time
 from array import array
 from dataclasses import dataclass
@@ -17,12 +18,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lensml import distributed
 from lensml.errors import LensError
 from lensml.runtime.models import decoder_of, input_device
 from lensml.runtime.shared_prefix import MIN_PREFIX, after, batch_for, fits_window, run_prefix
 from lensml.runtime.templating import length_sorted_batches, pad, render, tokenize_rendered
 from lensml.runtime.topblock import TopBlock
 from lensml.training import TrainConfig, TrainResult, optimise
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 
@@ -137,6 +141,10 @@ class Examples:
     def sequences(self) -> list[list[int]]:
         return [seq for row in self.ids for seq in row]
 
+    def response_tokens(self) -> list[int]:
+        """Per item, the tokens its loss is computed on (labels after the first position)."""
+        return [sum(t != IGNORE for lab in labels for t in lab[1:]) for labels in self.labels]
+
     @property
     def pairs(self) -> int:
         """Training pairs (sequences with a loss), what "instruction rows" counts."""
@@ -182,6 +190,10 @@ class PackedExamples:
     @property
     def tokens(self) -> int:
         return len(self._tokens)
+
+    def response_tokens(self) -> list[int]:
+        """Per item, the tokens its loss is computed on (labels after the first position)."""
+        return [end - start - max(n, 1) for start, end, n in zip(self._starts, self._starts[1:], self._prompt)]
 
     def item(self, i: int) -> tuple[list[list[int]], list[list[int]]]:
         ids = self._tokens[self._starts[i]:self._starts[i + 1]].tolist()
@@ -249,15 +261,35 @@ def fine_tune(model, tokenizer, examples: Examples | PackedExamples, cfg: TrainC
     """One pass of lensml.training.optimise over examples, training params on the response loss.
 
     With block (only the top block trains) and examples in memory, the layers below run once, not every step.
+    Launched for sharded training (lensml.distributed.fsdp_requested), a full-model pass trains a sharded
+    copy of the model (FSDP2) and gathers the weights back into model afterwards; a top block, small
+    by design, stays replicated.
     """
     if len(examples) == 0:
         raise LensError("no training pairs: check the data (every pair needs a prompt and a response)")
+    if block is None and distributed.fsdp_requested():
+        ids = {id(p) for p in params}
+        trained = {name for name, p in model.named_parameters() if id(p) in ids}
+        with distributed.sharded(model, lambda m: decoder_of(m).layers, trained) as root:
+            shards = [p for name, p in root.model.named_parameters() if name in trained]
+            return _fine_tune(root.model, tokenizer, examples, cfg, shards, result, log_path, None, root)
+    if distributed.fsdp_requested():
+        log.info("only the top block trains: it stays replicated over the processes, not sharded")
+    return _fine_tune(model, tokenizer, examples, cfg, params, result, log_path, block, None)
+
+
+def _fine_tune(model, tokenizer, examples: Examples | PackedExamples, cfg: TrainConfig,
+               params: list[torch.nn.Parameter], result: TrainResult, log_path: Path | None,
+               block: TopBlock | None, root: distributed.ShardedRoot | None) -> TrainResult:
+    """fine_tune's work; root: the FSDP root the full forward runs through (None: not sharded)."""
     device = input_device(model)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     hidden = None
-    skip = shared_length(model, examples, cfg.share_prefix)
+    # Sharded, the prefix's keys and values would carry gradients past FSDP's backward hooks (they leave a
+    # layer through the cache, not its output), reaching weights already resharded: every prompt runs whole.
+    skip = shared_length(model, examples, cfg.share_prefix and root is None)
     if block is not None and isinstance(examples, Examples):
         t0 = time.perf_counter()
         hidden = cache_inputs(block, examples, tokenizer.pad_token_id, device, skip=skip)
@@ -269,6 +301,8 @@ def fine_tune(model, tokenizer, examples: Examples | PackedExamples, cfg: TrainC
         items = [examples.item(i) for i in idx]
         seqs = [s for ids, _ in items for s in ids]
         labs = [lab for _, labels in items for lab in labels]
+        if root is not None:
+            return root(response_loss, seqs, labs, tokenizer.pad_token_id, device, skip)
         if hidden is None:
             return response_loss(model, seqs, labs, tokenizer.pad_token_id, device, skip)
         return cached_response_loss(model, block, [h for i in idx for h in hidden[i]], seqs, labs,
@@ -284,7 +318,10 @@ def fine_tune(model, tokenizer, examples: Examples | PackedExamples, cfg: TrainC
 
     model.train()
     try:
-        optimise(params, len(examples), cfg, micro_step, result, ("loss",), device, log_path, model=model)
+        # Items weigh by their response tokens: each step's loss is the mean over its tokens, as one batch
+        # computes it, whether the step runs as one batch, in micro-batches or over processes.
+        optimise(params, len(examples), cfg, micro_step, result, ("loss",), device, log_path, model=model,
+                 sizes=examples.response_tokens())
     finally:
         model.eval()
         for p in params:

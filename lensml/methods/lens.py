@@ -90,17 +90,38 @@ def micro_step(block: TopBlock, cache: ReferenceCache, objective: LensObjective,
 
 def _states_after_prefix(block: TopBlock, cache: ReferenceCache, idx: list[int], langs: list[str], device):
     """The step's states with the shared prefix run once: one forward per language, each only as
-    wide as its own prompts (Chinese prompts no longer pad English ones to their length)."""
+    wide as its own prompts (Chinese prompts no longer pad English ones to their length). Prompts cut
+    from the left past the prefix (cache.shared) run whole, in one more forward for their language."""
     skip = cache.prefix
-    parts = [cache.batch(lang, idx, max(len(cache.ids[lang][i]) for i in idx) - skip, device, skip) for lang in langs]
-    head, finals = block.after_prefix(cache.prefix_hidden(device), [(b, h) for b, h, _ in parts])
-    head_sum, states = head[0].float().sum(0), {}
-    for lang, (b, _, _), final in zip(langs, parts, finals):
-        final, own = final.float(), b.own_mask
-        m = own.to(final.dtype).unsqueeze(-1)
-        mean = ((final * m).sum(1) + head_sum) / (m.sum(1) + skip)
-        states[lang] = {"last": gather_last(final, own), "mean": mean}
-    return states, {lang: p[2] for lang, p in zip(langs, parts)}
+    follow = {lang: [i for i in idx if cache.shared[lang][i]] for lang in langs}
+    parts = {lang: cache.batch(lang, rows, max(len(cache.ids[lang][i]) for i in rows) - skip, device, skip)
+             for lang, rows in follow.items() if rows}
+    got: dict[str, list] = {}
+    if parts:
+        head, finals = block.after_prefix(cache.prefix_hidden(device), [(b, h) for b, h, _ in parts.values()])
+        head_sum = head[0].float().sum(0)
+        for (lang, (b, _, ref)), final in zip(parts.items(), finals):
+            final, own = final.float(), b.own_mask
+            m = own.to(final.dtype).unsqueeze(-1)
+            mean = ((final * m).sum(1) + head_sum) / (m.sum(1) + skip)
+            got[lang] = [({"last": gather_last(final, own), "mean": mean}, ref)]
+    for lang in langs:
+        rows = [i for i in idx if not cache.shared[lang][i]]
+        if rows:
+            b, h, ref = cache.batch(lang, rows, max(len(cache.ids[lang][i]) for i in rows), device)
+            final = block.forward(b, h).float()
+            got.setdefault(lang, []).append(({"last": gather_last(final, b.attention_mask),
+                                              "mean": masked_mean(final, b.attention_mask)}, ref))
+    states, refs = {}, {}
+    for lang in langs:
+        if len(got[lang]) == 1:
+            states[lang], refs[lang] = got[lang][0]
+            continue
+        at = {i: k for k, i in enumerate(follow[lang] + [i for i in idx if not cache.shared[lang][i]])}
+        order = [at[i] for i in idx]  # back to the rows' order in idx
+        states[lang], refs[lang] = ({k: torch.cat([d[k] for d in ds])[order] for k in ("last", "mean")}
+                                    for ds in ([s for s, _ in got[lang]], [r for _, r in got[lang]]))
+    return states, refs
 
 
 def train(model, tokenizer, subspace: LanguageSubspace, pairs: list[dict[str, str]], languages: list[str],

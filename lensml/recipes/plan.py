@@ -174,7 +174,7 @@ def plan_job(cfg: RunConfig, kind: str = "run", subspace: str | None = None, con
 def _outputs(cfg: RunConfig, method, kind: str, run: RunDir, family: Family, notes: list[str]) -> list[str]:
     files = [run.manifest, run.report, run.losses, run.plot]
     if kind == "run" and cfg.eval.enabled:
-        files.append(run.answers)
+        files += [run.answers, run.report_html]
     if method.needs_subspace:
         files.append(run.subspace)
     if not method.changes_weights:

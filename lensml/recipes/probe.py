@@ -21,7 +21,7 @@ def probe_job(cfg: RunConfig) -> LanguageSubspace:
     """Probe and write OUT/subspace and OUT/manifest.json."""
     out = Path(cfg.out)
     check_output(out, cfg.overwrite)
-    stages = Stages()
+    stages = Stages(cfg)  # the job's log starts here (OUT/run.log), its trackers open with its folder
     with stages("data"):
         inputs = load_inputs(cfg, probe=True, train=False, held_out=False)
     with output_dir(out, cfg.overwrite) as tmp:

@@ -1,9 +1,10 @@
 """`lens run`: load, probe, evaluate before, train, save, evaluate after, report.
 
 Each stage returns a typed value the next one takes; the report (lensml.results.report.RunReport)
-is built from them in memory and written once. Outputs go to a temporary sibling folder
+is built from them in memory and written once. Outputs go to a sibling folder (.OUT.partial)
 renamed into place only when complete, so a failed or interrupted run never leaves a
-half-written OUT.
+half-written OUT; what its finished stages computed stays there for `--resume`
+(lensml.recipes.resume).
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from lensml.export.card import check_push, push
 from lensml.io import write_jsonl_atomic, write_text_atomic
 from lensml.lens.probing import probe, shares_prompts
 from lensml.lens.reference_cache import empty_cache
+from lensml.lens.subspace import LanguageSubspace
 from lensml.recipes.config import RunConfig
 from lensml.recipes.finish import Trained, finish_run, push_folder
+from lensml.recipes.resume import checkpoints, staged_output
 from lensml.recipes.stages import (
     Stages,
     check_output,
     load_inputs,
     method_inputs,
-    output_dir,
     response_languages,
     train_and_save,
 )
@@ -39,14 +41,18 @@ from lensml.runtime.topblock import TopBlock
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig) -> RunReport | None:
-    """Run every stage; returns the report (None on non-main data-parallel processes)."""
+def run(cfg: RunConfig, resume: bool = False) -> RunReport | None:
+    """Run every stage; returns the report (None on non-main data-parallel processes).
+
+    resume: take up an interrupted run of the same options and data after its last finished stage
+    (lensml.recipes.resume); without it, what an interrupted run left is replaced.
+    """
     method = methods.get(cfg.method)
     out = Path(cfg.out)
     check_output(out, cfg.overwrite)
     if cfg.push_to_hub and distributed.is_main():
         check_push(cfg.push_to_hub)
-    stages = Stages()
+    stages = Stages(cfg)  # the job's log starts here (OUT/run.log), its trackers open with its folder
     do_eval = cfg.eval.enabled and distributed.is_main()  # other processes only help train
     do_bench = bool(cfg.benchmarks.tasks) and distributed.is_main()
     if not method.changes_weights and do_bench:
@@ -54,12 +60,15 @@ def run(cfg: RunConfig) -> RunReport | None:
     with stages("data"):
         inputs = load_inputs(cfg, probe=method.needs_subspace, train=True, held_out=do_eval,
                              responses=response_languages(method, cfg))
-    with output_dir(out, cfg.overwrite) as tmp:
+    ckpt = checkpoints(out, cfg, inputs, resume)
+    with staged_output(out, cfg.overwrite, ckpt) as tmp:
         run_dir = RunDir(tmp)
         with stages("load_model"):
             model, tok, name = load_model(cfg.model)
         subspace = cache = None
-        if method.needs_subspace:
+        if method.needs_subspace and ckpt.skip(stages, "probe"):
+            subspace = LanguageSubspace.from_pretrained(run_dir.subspace)
+        elif method.needs_subspace:
             with stages("probe"):
                 if method.uses_reference_cache and shares_prompts(inputs.probe_texts, cfg.probe, inputs.train_rows,
                                                                   cfg.train, cfg.languages):
@@ -69,18 +78,33 @@ def run(cfg: RunConfig) -> RunReport | None:
                                  cache=cache)
                 if distributed.is_main():
                     subspace.save_pretrained(run_dir.subspace)
-        if do_eval:
+            ckpt.finished(stages, "probe")
+        if do_eval and ckpt.skip(stages, "eval_base"):
+            before = ckpt.load_answers()
+        elif do_eval:
             with stages("eval_base"):
                 start = TopBlock(model, cfg.train.start_layer).start if method.changes_weights else None
                 before = quick.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval, start)
+            ckpt.save_answers(before)
+            ckpt.finished(stages, "eval_base")
         bench = {}
-        if do_bench:
+        if do_bench and ckpt.skip(stages, "benchmarks_base"):
+            bench["base"] = ckpt.load_json("benchmarks_base")
+        elif do_bench:
             with stages("benchmarks_base"):
                 bench["base"] = _benchmarks(model, tok, name, cfg, run_dir.eval_base)
-        result = train_and_save(stages, method, model, tok, method_inputs(method, cfg, inputs, subspace, cache),
-                                cfg, name, run_dir)
-        if result is None:
-            return None
+            ckpt.save_json("benchmarks_base", bench["base"])
+            ckpt.finished(stages, "benchmarks_base")
+        if ckpt.skip(stages, "train"):
+            result = ckpt.load_train(model)
+        else:
+            result = train_and_save(stages, method, model, tok, method_inputs(method, cfg, inputs, subspace, cache),
+                                    cfg, name, run_dir)
+            if result is None:
+                return None
+            if method.changes_weights:  # a steering method's state is its own: it measures again on resume
+                ckpt.save_train(result)
+                ckpt.finished(stages, "train", "train", "save")
         quick_eval = None
         if do_eval:
             with stages("eval_enhanced"):

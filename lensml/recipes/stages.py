@@ -7,21 +7,28 @@ typed value the next one takes, so nothing re-reads its own output from disk.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import json
 import logging
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from lensml import distributed, methods
+from transformers.utils import logging as hf_logging
+
+from lensml import distributed, methods, tracking
 from lensml.config import to_dict
 from lensml.data.loaders import load_rows, load_texts
 from lensml.errors import LensError
 from lensml.export.gguf import export_gguf
+from lensml.export.modelfile import write_modelfile
 from lensml.export.patch import WeightChange, save_patch, snapshot, weight_change
 from lensml.io import check_free, check_writable, staged_dir
 from lensml.methods import MethodInputs
+from lensml.progress import heartbeat, on_terminal, progress
 from lensml.recipes.config import RunConfig
 from lensml.results.rundir import RunDir
 from lensml.runtime.models import PACKAGED_MODELS, packaged_gguf
@@ -30,20 +37,40 @@ log = logging.getLogger(__name__)
 
 
 class Stages:
-    """Wall time per named stage, with one INFO line when a stage starts and one when it ends."""
+    """Wall time per named stage, with one INFO line when a stage starts and one when it ends.
 
-    def __init__(self):
+    Given the job's options (run, train, probe), it is also where the job's records start: its log is held
+    from here (tracking.RunLog) and output_dir writes it to OUT/run.log and opens the --report-to trackers.
+    """
+
+    def __init__(self, cfg: RunConfig | None = None):
         self.timings: dict[str, float] = {}
         self._t0 = time.perf_counter()
+        self.cfg = cfg
+        self.run_log = None
+        if cfg is not None and distributed.is_main():
+            earlier = _JOB.get()
+            if earlier is not None and earlier() is not None and earlier().run_log is not None:
+                earlier().run_log.close()  # a job that failed before it had a folder
+            self.run_log = tracking.RunLog()
+            weakref.finalize(self, self.run_log.close)  # and if this job never gets one, its log goes with it
+            _JOB.set(weakref.ref(self))
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         log.info("%s: started", name)
         t = time.perf_counter()
-        yield
+        with heartbeat(name):  # off a terminal, a line every few seconds if nothing else says the job is alive
+            yield
         dt = time.perf_counter() - t
         self.timings[name] = self.timings.get(name, 0.0) + dt
         log.info("%s: done in %.1fs", name, dt)
+
+    def resumed(self, name: str, seconds: dict[str, float]) -> None:
+        """A stage an earlier, interrupted attempt finished (lensml.recipes.resume): its times, not done again."""
+        for part, dt in seconds.items():
+            self.timings[part] = self.timings.get(part, 0.0) + dt
+        log.info("%s: finished by the interrupted run (%.1fs then), not done again", name, sum(seconds.values()))
 
     def total(self) -> dict[str, float]:
         return {**self.timings, "total": time.perf_counter() - self._t0}
@@ -115,9 +142,10 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+def output_dir(out: Path, overwrite: bool, keep: Path | None = None) -> Iterator[Path]:
     """A temporary folder that becomes OUT only when the job succeeds.
 
+    keep: stage there instead, and leave it on failure (lensml.io.staged_dir; `lens run`'s .OUT.partial).
     Under data parallelism only the main process publishes; the others get a scratch
     folder that is discarded (they compute, the main process writes).
     """
@@ -125,8 +153,66 @@ def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="lensml-scratch-") as scratch:
             yield Path(scratch)
         return
-    with staged_dir(out, overwrite, replaceable) as tmp:
+    with staged_dir(out, overwrite, replaceable, keep=keep) as tmp, job_records(tmp):
         yield tmp
+
+
+#: The job now running: the Stages made with its options, whose log output_dir writes into the job's folder.
+_JOB: contextvars.ContextVar[weakref.ref | None] = contextvars.ContextVar("lensml_job", default=None)
+
+
+@contextlib.contextmanager
+def job_records(folder: Path) -> Iterator[None]:
+    """For the block: the running job's log in folder/run.log (what it held, then the options), its trackers,
+    and transformers' own bars shown as lensml's (library_bars). Nothing outside a job (`lens apply`)."""
+    ref = _JOB.get()
+    job = ref() if ref is not None else None
+    if job is None or job.run_log is None or job.run_log.path is not None:
+        yield
+        return
+    _JOB.set(None)
+    try:
+        job.run_log.write_to(RunDir(folder).run_log)
+        tracking.OPTIONS.info("options: %s", json.dumps(to_dict(job.cfg), ensure_ascii=False, default=str))
+        trackers = tracking.open_trackers(job.cfg.report_to, folder, Path(job.cfg.out).name)
+        failed = True
+        try:
+            trackers.log_config(to_dict(job.cfg))
+            with tracking.activate(trackers), library_bars():
+                yield
+            failed = False
+        finally:
+            trackers.close(failed)
+    finally:
+        job.run_log.close()
+
+
+@contextlib.contextmanager
+def library_bars() -> Iterator[None]:
+    """transformers' bars (loading weights, writing shards) made by lensml.progress: bars on a terminal, a line
+    every few seconds off one, as lensml's own; without this they write carriage-return bars into logs."""
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)  # without it (older releases): bars off, off a terminal
+    if set_hook is None:
+        was_on = hf_logging.is_progress_bar_enabled()
+        if was_on and not on_terminal():
+            hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was_on:
+                hf_logging.enable_progress_bar()
+        return
+    previous = set_hook(_through_progress)
+    try:
+        yield
+    finally:
+        set_hook(previous)
+
+
+def _through_progress(factory, args, kwargs):
+    if not hf_logging.is_progress_bar_enabled():  # the user turned transformers' bars off: they stay off
+        return factory(*args, **kwargs)
+    return progress(*args, **kwargs)
 
 
 def save_model(model, tokenizer, directory: Path) -> None:
@@ -158,7 +244,9 @@ def write_gguf(cfg: RunConfig, model, run: RunDir, patch_cfg: dict) -> dict | No
     source = gguf_source(cfg)
     if source is None or cfg.gguf_out == "none" or not patch_cfg.get("tensors"):
         return None
-    return export_gguf(model, source, run.gguf, patch_cfg["tensors"], cfg.gguf_out)
+    summary = export_gguf(model, source, run.gguf, patch_cfg["tensors"], cfg.gguf_out)
+    write_modelfile(run.gguf)  # OUT/Modelfile beside it: `ollama create NAME -f OUT/Modelfile`
+    return summary
 
 
 def check_moved(model, originals: dict, allow_unchanged: bool) -> WeightChange:

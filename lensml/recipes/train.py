@@ -8,6 +8,7 @@ work on any of them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -33,13 +34,31 @@ from lensml.runtime.models import load_model
 log = logging.getLogger(__name__)
 
 
+def subspace_languages(cfg: RunConfig, subspace_path: str | None, given: set[str]) -> RunConfig:
+    """cfg with the languages and central language of the subspace it trains with, where not given (given: the
+    dotted names set by flags or --config), so `lens probe --langs ja` then `lens train --subspace OUT` trains ja."""
+    take = {"langs", "central"} - set(given)
+    if not subspace_path or not take or not methods.get(cfg.method).needs_subspace:
+        return cfg
+    sub = LanguageSubspace.from_pretrained(RunDir(subspace_path).find_subspace())
+    central = sub.central if "central" in take else cfg.central
+    changes = {"central": central} if "central" in take else {}
+    if "langs" in take:
+        changes["langs"] = [lang for lang in sub.languages if lang != central]
+    if all(getattr(cfg, k) == v for k, v in changes.items()):
+        return cfg
+    log.info("languages from the subspace %s: %s, central %s", subspace_path, ",".join(changes.get("langs", cfg.langs)),
+             central)
+    return dataclasses.replace(cfg, **changes)
+
+
 def train_job(cfg: RunConfig, subspace_path: str | None) -> RunReport | None:
     """Train with a probed subspace; write OUT/model (or OUT/steering), OUT/subspace (the one used), report,
     card and manifest."""
     method = methods.get(cfg.method)
     out = Path(cfg.out)
     check_output(out, cfg.overwrite)
-    stages = Stages()
+    stages = Stages(cfg)  # the job's log starts here (OUT/run.log), its trackers open with its folder
     subspace = None
     if method.needs_subspace:
         if not subspace_path:

@@ -1,5 +1,8 @@
 """Benchmark results read back: a `lens eval` result file, or a run's base and enhanced results.
 
+Result files of both shapes are read: lm-eval's (lensml's entries under `lensml_results`) and the
+earlier one (the entries as the `results` list), so results written by older lensml still compare.
+
 `lens compare FILES` turns them into the table of lensml.results.benchmark_table; a run folder
 gives two rows, read from its RunReport.
 """
@@ -10,15 +13,19 @@ import json
 from pathlib import Path
 
 from lensml.errors import LensError
+from lensml.evaluation.lm_eval_format import result_entries
 from lensml.results.benchmark_table import comparison_table_of
 from lensml.results.report import RunReport
 from lensml.results.rundir import RunDir
 
 
 def _check_result(doc, where: str) -> dict:
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise LensError(f"{where} is not a lens eval result (no 'results' list)")
-    for i, entry in enumerate(doc["results"]):
+    """A result document of either shape (lm-eval's with `lensml_results`, or the earlier `results` list)."""
+    entries = result_entries(doc)
+    if entries is None:
+        raise LensError(f"{where} is not a lens eval result (no 'lensml_results' or 'results' list): point at the "
+                        f"JSON lens eval wrote, or a run folder")
+    for i, entry in enumerate(entries):
         for key in ("task", "language", "value"):
             if key not in entry:
                 raise LensError(f"{where}: result {i} has no '{key}'")

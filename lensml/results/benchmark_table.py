@@ -16,6 +16,7 @@ from pathlib import Path
 from lensml.errors import LensError
 from lensml.evaluation import benchmarks
 from lensml.evaluation.benchmarks.base import GENERATION
+from lensml.evaluation.lm_eval_format import result_entries
 from lensml.io import write_text_atomic
 
 
@@ -60,10 +61,11 @@ def comparison_table_of(docs: list[dict], labels: list[str]) -> str:
     """The table of result documents already in memory (e.g. a run's base and enhanced), one label per row."""
     if not docs or len(docs) != len(labels):
         raise LensError("a comparison needs at least one result and one label per result")
-    cells: list[dict[tuple[str, str], dict]] = [{(e["task"], e["language"]): e for e in d["results"]} for d in docs]
+    entries = [result_entries(d) or [] for d in docs]
+    cells: list[dict[tuple[str, str], dict]] = [{(e["task"], e["language"]): e for e in es} for es in entries]
     keys = [k for c in cells for k in c]
     tasks = list(dict.fromkeys(t for t, _ in keys))
-    all_entries = [e for d in docs for e in d["results"]]
+    all_entries = [e for es in entries for e in es]
     gen_tasks = [t for t in tasks if _is_generation(t, all_entries)]
     columns = [(t, lang) for t in tasks if t not in gen_tasks for lang in _lang_order([lg for tk, lg in keys if tk == t])]
     mt_cols = [(t, lang) for t in gen_tasks for lang in _lang_order([lg for tk, lg in keys if tk == t])]
@@ -95,9 +97,9 @@ def comparison_table_of(docs: list[dict], labels: list[str]) -> str:
     if mt_cols:
         legend.append(f"{', '.join(display_name(t) for t in gen_tasks)}: judge score 1-10 (language fidelity in %); "
                       "– where no judge was configured or judging failed.")
-    for label, doc in zip(labels, docs):
-        modes = sorted({e.get("mode", "?") for e in doc["results"]})
-        sizes = ", ".join(f"{e['task']}:{e['language']} n={e.get('n', '?')}" for e in doc["results"])
+    for label, es in zip(labels, entries):
+        modes = sorted({e.get("mode", "?") for e in es})
+        sizes = ", ".join(f"{e['task']}:{e['language']} n={e.get('n', '?')}" for e in es)
         legend.append(f"- {label}: mode {'/'.join(modes)}; {sizes}")
     return "\n".join(lines + legend) + "\n"
 

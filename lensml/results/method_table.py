@@ -1,6 +1,8 @@
 """`lens compare RUN_DIR...`: LENS and its alternatives side by side (the paper's Tables 1 and 5 in one).
 
-Each run folder gives one row, its method, read from report.json and manifest.json; the
+Each run folder gives one row, labelled by the folder's name (two `lens` runs in two folders are two rows
+one can tell apart; a name given twice gets its parent folders until it is unique), with its method in a
+column of its own, read from report.json and manifest.json; the
 first run's "before" side gives a "base" row (no training), which every other run of the
 same model and data must match (they evaluate the same model on the same prompts, so a
 mismatch means the runs are not comparable and is said, not hidden). Runs of another model,
@@ -32,7 +34,7 @@ from lensml.results.rundir import RunDir
 
 @dataclass
 class RunRow:
-    """One run folder, as the table reads it."""
+    """One run folder, as the table reads it; label: what the table calls it (the folder's name, made unique)."""
 
     label: str
     path: Path
@@ -65,6 +67,11 @@ class RunRow:
         return "paper" if method == "lens" or (method in PAPER_TABLE5 and full) else "control"
 
     @property
+    def method_text(self) -> str:
+        """The method column: the method, marked when it is a control."""
+        return (self.report.method or "?") + (" (control)" if self.role == "control" else "")
+
+    @property
     def instruction_rows(self) -> int | None:
         """Training items the method learned from (pairs for fine-tuning, prompt rows for LENS)."""
         rows = self.resolved.get("instruction_rows")
@@ -89,12 +96,50 @@ def load_run(path: str | Path) -> RunRow:
     path = run.path
     if not path.is_dir():
         raise LensError(f"{path} is not a run folder: `lens compare` of methods takes folders written by `lens run`")
+    if not run.report.is_file():
+        raise LensError(f"run folder {path} has no results (no report.json: the run did not finish): rerun it, or "
+                        f"leave it out of `lens compare`")
     report = RunReport.load(run.path)
     manifest = run.read_manifest("point at a folder written by `lens run`")  # names the file and line of bad JSON
     if report.quick_eval is None:
         raise LensError(f"run {path} has no quick evaluation (it ran with --eval.no-enabled): re-run it with the "
                         f"evaluation on to compare it")
-    return RunRow(report.method or "?", path, report, manifest)
+    return RunRow(path.resolve().name or str(path), path, report, manifest)
+
+
+def check_compared(paths: list[str | Path]) -> None:
+    """When some of the paths are `lens run` folders, every folder must be one, with results: the first that is
+    not is named. (Without this check, the benchmark table would be tried instead and its error would name the
+    first run, whatever was wrong with another folder.) Result JSONs beside run folders are left to that table."""
+    if not any(RunDir(p).is_run() for p in paths):
+        return
+    for p in map(Path, paths):
+        run = RunDir(p)
+        if not p.exists():
+            raise LensError(f"{p} does not exist: `lens compare` takes run folders of `lens run` (or result JSONs)")
+        if p.is_dir() and not run.is_run():
+            why = ("has no manifest.json" if not run.manifest.is_file() else
+                   f"was written by `lens {run.kind()}`" if run.kind() else "has an unreadable manifest.json")
+            raise LensError(f"{p} is not a run folder of `lens run` ({why}): compare run folders with run folders")
+        if p.is_dir() and not run.report.is_file():
+            raise LensError(f"run folder {p} has no results (no report.json: the run did not finish): rerun it, "
+                            f"or leave it out of `lens compare`")
+
+
+def unique_labels(rows: list[RunRow]) -> None:
+    """Each row's label its folder's name, with as many parent folders as make it unique (x/out, y/out)."""
+    parts = {id(row): row.path.resolve().parts for row in rows}
+    depth = {id(row): 1 for row in rows}
+    while True:
+        labels = {id(row): "/".join(parts[id(row)][-depth[id(row)]:]) for row in rows}
+        clash = [row for row in rows if list(labels.values()).count(labels[id(row)]) > 1
+                 and depth[id(row)] < len(parts[id(row)])]
+        if not clash:
+            break
+        for row in clash:
+            depth[id(row)] += 1
+    for row in rows:
+        row.label = labels[id(row)]
 
 
 @dataclass
@@ -123,19 +168,12 @@ class Group:
 
 
 def group_runs(rows: list[RunRow]) -> list[Group]:
-    """Rows grouped by what they were measured on, in first-seen order; unique labels within a group."""
+    """Rows grouped by what they were measured on, in first-seen order; labels unique across all rows."""
+    unique_labels(rows)
     groups: dict[tuple, Group] = {}
     for row in rows:
         groups.setdefault(row.group, Group(row.group)).rows.append(row)
     for g in groups.values():
-        seen: dict[str, int] = {}
-        for row in g.rows:
-            seen[row.label] = seen.get(row.label, 0) + 1
-        for row in g.rows:
-            if seen[row.label] > 1:
-                row.label = f"{row.label} ({row.path.name})"
-            if row.role == "control":
-                row.label += " (control)"
         first = g.rows[0].report.quick_eval
         for row in g.rows[1:]:
             q = row.report.quick_eval
@@ -149,12 +187,13 @@ def _pct(x: float | None) -> str:
 
 
 def quality_rows(g: Group) -> list[dict]:
-    """Per method (base first): per-language shares and central-language retention, as numbers."""
-    out = [{"method": "base", "languages": {lang: vars(g.base[lang]) for lang in [g.central, *g.targets]},
+    """Per run (the base model first): per-language shares and central-language retention, as numbers."""
+    langs = [g.central, *g.targets]
+    out = [{"label": "base", "method": None, "languages": {lang: vars(g.base[lang]) for lang in langs},
             "retention_nll": g.rows[0].report.quick_eval.retention.base_nll, "nll_change": 0.0}]
     for row in g.rows:
         q = row.report.quick_eval
-        out.append({"method": row.label, "run": str(row.path), "role": row.role,
+        out.append({"label": row.label, "method": row.report.method, "run": str(row.path), "role": row.role,
                     "languages": {lang: vars(q.enhanced[lang]) for lang in [g.central, *g.targets]},
                     "retention_nll": q.retention.enhanced_nll, "nll_change": q.retention.relative_change})
     return out
@@ -165,7 +204,8 @@ def cost_rows(g: Group, reference: str | None = None) -> list[dict]:
     out = []
     for row in g.rows:
         t, tr = row.report.timings_s, row.report.train
-        entry = {"method": row.label, "role": row.role, "instruction_rows": row.instruction_rows,
+        entry = {"label": row.label, "method": row.report.method, "run": str(row.path), "role": row.role,
+                 "instruction_rows": row.instruction_rows,
                  "probe_s": t.get("probe"), "train_s": t.get("train"), "total_s": t.get("total"),
                  "steps": tr.steps if tr else None, "lr": tr.lr if tr else None,
                  "trainable_share": tr.trainable_share if tr else None,
@@ -186,13 +226,13 @@ def _rows_text(n: int | None) -> str:
 def table5_markdown(g: Group, reference: str | None = None) -> list[str]:
     """The paper's Table 5 for these runs: trainable share, instruction rows, time, memory (+ the paper's row)."""
     fmt = (lambda v, f: "-" if v is None else f.format(v))  # noqa: E731
-    head = ["method", "trainable share", "instruction rows", "steps", "peak lr", "probe (s)", "train (s)",
+    head = ["run", "method", "trainable share", "instruction rows", "steps", "peak lr", "probe (s)", "train (s)",
             "total (s)", "peak host GB", "peak device GB"]
     if reference == "paper":
         head += ["paper: trainable", "paper: instruction data", "paper: training time (A800)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in cost_rows(g, reference):
-        cells = [r["method"], fmt(r["trainable_share"] and 100 * r["trainable_share"], "{:.2f}%"),
+    for row, r in zip(g.rows, cost_rows(g, reference)):
+        cells = [r["label"], row.method_text, fmt(r["trainable_share"] and 100 * r["trainable_share"], "{:.2f}%"),
                  _rows_text(r["instruction_rows"]), fmt(r["steps"], "{}"), fmt(r["lr"], "{:.1e}"),
                  fmt(r["probe_s"], "{:.1f}"), fmt(r["train_s"], "{:.1f}"), fmt(r["total_s"], "{:.1f}"),
                  fmt(r["host_gb"], "{:.2f}"), fmt(r["device_gb"], "{:.2f}")]
@@ -212,13 +252,13 @@ def group_markdown(g: Group, reference: str | None = None) -> str:
     if g.base_mismatch:
         lines += [f"**Not comparable:** the base answers of {', '.join(g.base_mismatch)} differ from those of "
                   f"{g.rows[0].label} (another model revision, decoding or data): their rows are not like for like.", ""]
-    head = ["method"]
+    head = ["run", "method"]
     for lang in g.targets:
         head += [f"{lang} fidelity", f"{lang} clean", f"{lang} echo", f"{lang} loop"]
     head += [f"{g.central} fidelity", f"{g.central} clean", f"{g.central} NLL (change)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in quality_rows(g):
-        cells = [r["method"]]
+    for row, r in zip([None, *g.rows], quality_rows(g)):
+        cells = [r["label"], row.method_text if row is not None else "-"]
         for lang in g.targets:
             s = r["languages"][lang]
             cells += [_pct(s["fidelity"]), _pct(s["clean_fidelity"]), _pct(s["echo"]), _pct(s["loop"])]
@@ -249,33 +289,56 @@ def methods_json(groups: list[Group], reference: str | None = None) -> dict:
 
 
 def plot_methods(groups: list[Group], path: Path) -> None:
-    """Grouped bars: clean fidelity per language and method, and the central language's NLL change beside."""
+    """compare.png: per group, one panel per run (titled by its folder) and the central NLL change of all."""
     plt = pyplot("methods picture")
     if plt is None:
         return
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 1.2]})
-    for (ax, ax_r), g in zip(axes, groups):
-        rows = quality_rows(g)
-        width = 0.8 / len(rows)
-        for i, r in enumerate(rows):
-            xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(g.targets))]
-            ax.bar(xs, [100 * r["languages"][lang]["clean_fidelity"] for lang in g.targets], width,
-                   label=r["method"])
-        ax.set_xticks(range(len(g.targets)), g.targets)
-        ax.set_ylabel("clean fidelity (%)")
-        ax.set_ylim(0, 100)
-        ax.set_title(f"{g.model}: answers in the asked language, no echo/loop")
-        ax.legend(fontsize=8, ncols=2)
-        ax_r.barh([r["method"] for r in rows], [100 * r["nll_change"] for r in rows],
-                  color=[f"C{i}" for i in range(len(rows))])
-        ax_r.axvline(0, color="black", lw=0.8)
-        ax_r.invert_yaxis()
-        ax_r.set_xlabel(f"{g.central} answer NLL change (%)")
-        ax_r.set_title(f"{g.central} retention (lower is better)")
-    fig.tight_layout()
+    fig = draw_methods(plt, groups)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_name(row: RunRow) -> str:
+    """What a picture calls a run: its folder's name (two `lens` runs are two folders, not two "lens")."""
+    return row.path.resolve().name or str(row.path)
+
+
+def draw_methods(plt, groups: list[Group]):
+    """Small multiples: a run per panel, its clean fidelity per target language beside the base's (grey), so a
+    panel reads on its own whatever the number of runs; the last panel of a group compares retention."""
+    cols = min(4, 1 + max(len(g.rows) for g in groups))
+    heights = [-(-(len(g.rows) + 1) // cols) for g in groups]
+    fig = plt.figure(figsize=(3.4 * cols, 3.2 * sum(heights) + 0.6 * len(groups)), layout="constrained")
+    subfigs = fig.subfigures(len(groups), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for sub, g, height in zip(subfigs, groups, heights):
+        axes = sub.subplots(height, cols, squeeze=False).ravel()
+        xs = range(len(g.targets))
+        for k, (ax, row) in enumerate(zip(axes, g.rows)):
+            q = row.report.quick_eval
+            ax.bar([x - 0.2 for x in xs], [100 * g.base[t].clean_fidelity for t in g.targets], 0.4, color="0.7",
+                   label="base")
+            ax.bar([x + 0.2 for x in xs], [100 * q.enhanced[t].clean_fidelity for t in g.targets], 0.4,
+                   color=f"C{k}", label=run_name(row))
+            ax.set_xticks(list(xs), g.targets)
+            ax.set_ylim(0, 100)
+            ax.set_title(run_name(row), fontsize=10, fontweight="bold")
+            what = row.report.method or "?"
+            ax.set_xlabel("method " + what + (" (control)" if row.role == "control" else ""), fontsize=8)
+            if k % cols == 0:
+                ax.set_ylabel("clean fidelity (%)")
+        ax_r = axes[len(g.rows)]
+        names = [run_name(row) for row in g.rows]
+        ax_r.barh(names, [100 * row.report.quick_eval.retention.relative_change for row in g.rows],
+                  color=[f"C{i}" for i in range(len(g.rows))])
+        ax_r.axvline(0, color="black", lw=0.8)
+        ax_r.invert_yaxis()
+        ax_r.tick_params(axis="y", labelsize=8)
+        ax_r.set_xlabel(f"{g.central} answer NLL change (%)")
+        ax_r.set_title(f"{g.central} retention (lower is better)", fontsize=10)
+        for ax in axes[len(g.rows) + 1:]:
+            ax.set_visible(False)
+        sub.suptitle(f"{g.model}: clean fidelity (asked language, no echo/loop); grey: base", fontsize=10)
+    return fig
 
 
 def output_paths(out: str | Path) -> dict[str, Path]:

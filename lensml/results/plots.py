@@ -31,9 +31,18 @@ def plot_run(report: RunReport, history: list[dict], path: Path) -> bool:
     plt = pyplot("report.png")
     if plt is None:
         return False
+    fig = draw_run(plt, report, history)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def draw_run(plt, report: RunReport, history: list[dict]):
+    """The figure of report.png. Legends sit outside their axes: four bars per language reach the top when
+    a method works, and a legend inside would hide them."""
     quick = report.quick_eval
     has_eval = quick is not None
-    fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(11 if has_eval else 6, 4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(12 if has_eval else 6, 4.2), squeeze=False)
     ax = axes[0][0]
     steps = [h["step"] for h in history]
     terms = [k for k in (history[0] if history else {}) if k not in ("step", "lr")]
@@ -44,7 +53,8 @@ def plot_run(report: RunReport, history: list[dict], path: Path) -> bool:
     ax.set_yscale("symlog", linthresh=1e-4)
     ax.set_title(f"loss terms ({report.method or 'training'})")
     if terms:
-        ax.legend()
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=min(4, len(terms)),
+                  frameon=False)
     else:  # a method without training steps (steering)
         ax.text(0.5, 0.5, "no training steps", ha="center", va="center", transform=ax.transAxes)
     if has_eval:
@@ -61,9 +71,7 @@ def plot_run(report: RunReport, history: list[dict], path: Path) -> bool:
         ax.set_ylim(0, 105)
         ax.set_ylabel("% of held-out answers")
         ax.set_title("Answers in the prompt's language")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.suptitle(report.model)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return fig

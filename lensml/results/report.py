@@ -113,13 +113,15 @@ class RunReport:
             change = self.train.relative_change
             lines.insert(0, UNCHANGED + (f" (largest relative change {change:.2g})" if change else ""))
         q = self.quick_eval
-        if q is not None:
-            lines += ["| lang | fidelity base | fidelity enhanced | clean base | clean enhanced | echo/loop/empty base "
-                      "| echo/loop/empty enhanced |", "|---|---|---|---|---|---|---|"]
+        if q is not None:  # report.json's shares, each its column; a cell reads base -> enhanced
+            shares = [("fidelity", "fidelity"), ("clean", "clean_fidelity"), ("echo", "echo"), ("loop", "loop"),
+                      ("empty", "empty")]
+            lines += [f"held-out answers, base -> enhanced ({q.samples} prompts per language):",
+                      "| lang | " + " | ".join(title for title, _ in shares) + " |", "|---" * (len(shares) + 1) + "|"]
             for lang in self.languages:
                 b, e = q.base[lang], q.enhanced[lang]
-                lines.append(f"| {lang} | {_pct(b.fidelity)} | {_pct(e.fidelity)} | {_pct(b.clean_fidelity)} "
-                             f"| {_pct(e.clean_fidelity)} | {_pct(b.degenerate)} | {_pct(e.degenerate)} |")
+                cells = [f"{_pct(getattr(b, key))} -> {_pct(getattr(e, key))}" for _, key in shares]
+                lines.append(f"| {lang} | " + " | ".join(cells) + " |")
             r = q.retention
             lines.append(f"{self.central} answer NLL: base {r.base_nll:.4f}, enhanced {r.enhanced_nll:.4f} "
                          f"({100 * r.relative_change:+.2f}%)")
@@ -136,4 +138,4 @@ class RunReport:
 
 
 def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:5.1f}%"
+    return "-" if x is None else f"{100 * x:.1f}%"

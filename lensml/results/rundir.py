@@ -7,17 +7,22 @@ writes it. The formats inside the artifact folders (a model/ checkpoint, patch/,
 steering/) belong to their own writers; this class only knows where those folders are.
 
     OUT/manifest.json    what produced the folder (kind run/train/probe, base model, config)
+    OUT/config.yaml      every option of the job, resolved: `lens run --config OUT/config.yaml` runs it again
     OUT/report.json      the RunReport (lensml.results.report: RunReport.load(OUT) reads it)
     OUT/answers.jsonl    the quick evaluation's answers, base beside enhanced
     OUT/losses.jsonl     the per-step training log, written while training runs
+    OUT/run.log          the job's log: stage lines, options, warnings, the loss every few steps (lensml.tracking)
     OUT/report.png       the loss terms and fidelity before/after
+    OUT/report.html      the table, pictures and answers side by side, in one page (runs with answers)
     OUT/model/           the trained checkpoint and its card (README.md), when weights changed
     OUT/patch/           the changed tensors alone (lens apply)
     OUT/model.gguf       the trained model as GGUF, when it came in as GGUF
+    OUT/Modelfile        beside model.gguf: for `ollama create NAME -f OUT/Modelfile`
     OUT/subspace/        the probed language subspace
     OUT/steering/        steering settings and subspace, and their card, when no weight changed
     OUT/eval/            benchmark results: base/, enhanced/, compare.md
     OUT/analysis/        pictures made afterwards (lens plot)
+    OUT/tensorboard/     TensorBoard event files, with --report-to tensorboard
 """
 
 from __future__ import annotations
@@ -77,8 +82,35 @@ class RunDir:
         return self.path / "losses.jsonl"
 
     @property
+    def run_log(self) -> Path:
+        return self.path / "run.log"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.path / "config.yaml"
+
+    # Only in an unfinished run's folder (.OUT.partial), removed before it becomes OUT (lensml.recipes.resume).
+    @property
+    def progress(self) -> Path:
+        """The options and inputs the run started with, and the stages it finished."""
+        return self.path / "progress.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        """What finished stages handed on that is not an output of its own (the base answers, the TrainResult)."""
+        return self.path / "checkpoints"
+
+    @property
     def plot(self) -> Path:
         return self.path / "report.png"
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / "report.html"
 
     @property
     def gguf(self) -> Path:

@@ -166,6 +166,7 @@ def plot_sweep(result: SweepResult, directory: Path) -> list[Path]:
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
+    place_labels(fig)  # after the layout: where the points end up on the page decides what collides
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -238,9 +239,93 @@ def _tradeoff(plt, result: SweepResult):
             ax.scatter([0], [100 * getattr(result.base[lang], key)], marker="*", s=160,
                        color=points.get_facecolor()[0], edgecolor="black", label=f"{lang} base")
             for s, x, y in zip(result.ok, xs, ys):
-                ax.annotate(str(s.index), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+                label_point(ax, str(s.index), (x, y))
         ax.axvline(0, linestyle="--", color="grey", linewidth=1)
         ax.set(xlabel=f"{result.central} answer NLL change (%)", ylabel=f"% {title}", title=f"target {title}")
         ax.legend(fontsize=7)
     fig.suptitle(f"{result.model}: what each setting trades (numbers: settings in sweep.md)")
     return fig
+
+
+# --- labels beside points, apart from each other ----------------------------------------------
+
+#: The gid of the annotations place_labels moves (label_point makes them).
+POINT_LABEL = "lensml-point-label"
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in window pixels
+#: Where a label may go, in points from its point: rings of eight directions, nearest first, upper right first.
+OFFSETS = [(round(r * dx), round(r * dy)) for r in (5, 10, 16, 24, 34, 46)
+           for dx, dy in ((0.8, 0.6), (-0.8, 0.6), (0.8, -0.6), (-0.8, -0.6), (1, 0), (-1, 0), (0, 1), (0, -1))]
+
+
+def label_point(ax, text: str, xy: tuple[float, float]) -> None:
+    """A small label for the point at xy (data coordinates); place_labels finds it a free spot later."""
+    ann = ax.annotate(text, xy, textcoords="offset points", xytext=OFFSETS[0], fontsize=7, va="bottom",
+                      arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5, "shrinkA": 0, "shrinkB": 2})
+    ann.set_gid(POINT_LABEL)
+
+
+def place_labels(fig) -> None:
+    """Greedy placement: each label, in order, takes the nearest offset (OFFSETS) where its box overlaps no
+    label placed before, no marker, not the legend, and stays inside the axes; with none free, the least
+    overlapping one.
+
+    Sweeps put settings with near-equal scores next to each other, and numbers at one fixed offset from
+    their points then print over one another and cannot be read.
+    """
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = [t for t in ax.texts if t.get_gid() == POINT_LABEL]
+        if not labels:
+            continue
+        window = ax.get_window_extent(renderer)
+        frame = (window.x0, window.y0, window.x1, window.y1)
+        taken = _marker_boxes(ax, fig.dpi)
+        legend = ax.get_legend()
+        if legend is not None:
+            box = legend.get_window_extent(renderer)
+            taken.append((box.x0, box.y0, box.x1, box.y1))
+        for ann in labels:
+            best, best_cost = OFFSETS[0], None
+            for offset in OFFSETS:
+                box = _label_box(ann, offset, renderer)
+                cost = sum(_overlap(box, other) for other in taken) + _outside(box, frame)
+                if best_cost is None or cost < best_cost:
+                    best, best_cost = offset, cost
+                if cost == 0:
+                    break
+            x0, y0, x1, y1 = _label_box(ann, best, renderer)
+            taken.append((x0 - 1, y0 - 1, x1 + 1, y1 + 1))
+
+
+def _label_box(ann, offset: tuple[int, int], renderer) -> Box:
+    ann.xyann = offset
+    ann.set_horizontalalignment("left" if offset[0] > 0 else "right" if offset[0] < 0 else "center")
+    ann.set_verticalalignment("bottom" if offset[1] > 0 else "top" if offset[1] < 0 else "center")
+    return _text_box(ann, renderer)
+
+
+def _text_box(ann, renderer) -> Box:
+    """The box of the label's text alone (an Annotation's own extent includes its leader line)."""
+    ann.update_positions(renderer)
+    box = super(type(ann), ann).get_window_extent(renderer)
+    return box.x0, box.y0, box.x1, box.y1
+
+
+def _marker_boxes(ax, dpi: float) -> list[Box]:
+    boxes = []
+    for coll in ax.collections:
+        sizes = coll.get_sizes()
+        for i, (x, y) in enumerate(ax.transData.transform(coll.get_offsets())):
+            r = (sizes[i % len(sizes)] if len(sizes) else 36.0) ** 0.5 / 2 * dpi / 72
+            boxes.append((x - r, y - r, x + r, y + r))
+    return boxes
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _outside(box: Box, frame: Box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, frame)

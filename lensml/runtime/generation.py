@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from lensml.runtime.decoding import Generation, greedy
 from lensml.runtime.models import decoder_of, input_device
@@ -46,6 +50,68 @@ def generate_answers(model, tokenizer, conversations: list[list[dict] | str], ma
     """The texts of generate()."""
     return generate(model, tokenizer, conversations, max_new_tokens, batch_size, max_length, system, desc,
                     share_prefix)[0]
+
+
+def stream_answer(model, tokenizer, conversation: list[dict] | str, on_text: Callable[[str], None],
+                  max_new_tokens: int = 64, max_length: int = MAX_PROMPT_TOKENS, system: str | None = None) -> str:
+    """A greedy answer handed to on_text piece by piece as its tokens come; returns its whole text.
+
+    The pieces join to the text generate_answers() gives the prompt (same template, stop tokens and
+    trimming): a person reading `lens chat` sees the answer grow rather than waiting for all of it.
+    One prompt at a time, through transformers' generate() and its streamer hook.
+    """
+    ids = tokenize_rendered(tokenizer, render(tokenizer, conversation, system), max_length)
+    stops = _stop_ids(model, tokenizer)
+    streamer = AnswerStreamer(tokenizer, stops, max_new_tokens, on_text)
+    batch = pad([ids], tokenizer.pad_token_id).to(input_device(model))
+    model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, do_sample=False,
+                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
+                   temperature=None, top_p=None, top_k=None, streamer=streamer)
+    return streamer.text
+
+
+_HELD_BACK = re.compile(r"[\s\ufffd]+$")  # may still change: whitespace (stripped at the end), part of a character
+
+
+class AnswerStreamer(BaseStreamer):
+    """generate()'s streamer hook turned into text pieces that end equal to decode_answer's text.
+
+    Each new token re-decodes the answer so far (a character can span tokens, and tokenizers join
+    pieces with spaces of their own); what is shown is that text without its leading whitespace, minus
+    a tail that may still change: trailing whitespace (an answer is stripped) and U+FFFD (the first
+    bytes of a character whose last ones have not come yet).
+    """
+
+    def __init__(self, tokenizer, stop_ids: list[int], max_new_tokens: int, on_text: Callable[[str], None]):
+        self.tokenizer, self.stop_ids, self.on_text = tokenizer, set(stop_ids), on_text
+        self.max_new_tokens = max_new_tokens
+        self.ids: list[int] = []
+        self.shown = ""
+        self.text = ""
+        self.stopped = False
+        self._prompt = True  # generate() first hands over the prompt
+
+    def put(self, value) -> None:
+        if self._prompt:
+            self._prompt = False
+            return
+        for token in value.reshape(-1).tolist():
+            if self.stopped or token in self.stop_ids:
+                self.stopped = True
+                break
+            self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        self._show(_HELD_BACK.sub("", text))
+
+    def end(self) -> None:
+        cut = not self.stopped and len(self.ids) >= self.max_new_tokens
+        self.text = decode_answer(self.tokenizer, self.ids, cut)
+        self._show(self.text)
+
+    def _show(self, text: str) -> None:
+        if len(text) > len(self.shown) and text.startswith(self.shown):
+            self.on_text(text[len(self.shown):])
+            self.shown = text
 
 
 def decode_answer(tokenizer, ids: list[int], cut: bool) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 def stochastic_round_to_bf16(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -68,8 +69,10 @@ class LowPrecisionAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
                 t = state["step"]
-                flat = [x.view(-1) for x in (p, p.grad, state["exp_avg"], state["exp_avg_sq"])]
-                for lo in range(0, p.numel(), self.CHUNK):
+                # Sharded (FSDP) parameters update their local shard: the update is elementwise.
+                flat = [(x.to_local() if isinstance(x, DTensor) else x).view(-1)
+                        for x in (p, p.grad, state["exp_avg"], state["exp_avg_sq"])]
+                for lo in range(0, flat[0].numel(), self.CHUNK):
                     w_, g_, m_, v_ = (x[lo:lo + self.CHUNK] for x in flat)
                     g = g_.float()
                     m = m_.float().mul_(b1).add_(g, alpha=1 - b1)

@@ -158,14 +158,16 @@ def capturing_all(blocks: list[TopBlock]):
         yield [stack.enter_context(block.capturing()) for block in blocks]
 
 
-def shared_prefix(model, seqs: list[list[int]], enabled: bool, blocks: list[TopBlock] = ()):
+def shared_prefix(model, seqs: list[list[int]], enabled: bool, blocks: list[TopBlock] = (), partial: bool = False):
     """(Prefix or None, per block its (start-layer input, final states), suffixes).
+
+    partial: prompts that lost the prefix (cut from the left) stay whole (lensml.runtime.shared_prefix.split).
 
     The prompts' common template prefix runs once (lensml.runtime.shared_prefix); each block's start-layer
     input is captured in that run too, since a reference cache stores whole prompts. No
     prefix (sharing off, too short, or a sliding window too small): (None, [None...], seqs).
     """
-    head_ids, tails = split(seqs, shareable(model, seqs, enabled))
+    head_ids, tails = split(seqs, shareable(model, seqs, enabled), partial=partial)
     if not head_ids:
         return None, [None] * len(blocks), seqs
     with capturing_all(list(blocks)) as captured:

@@ -67,7 +67,7 @@ def test_a_toy_benchmark_runs_through_evaluate(toy, tiny, tmp_path, mode):
     assert parse_tasks(f"toy-qa:zh@{data}")[0].name == "toy"
     cfg = EvalConfig(tasks=f"toy:zh@{data}", scoring=ScoringConfig(mode=mode))
     doc = evaluate(model, tok, "tiny", cfg, tmp_path / "out")
-    entry = doc["results"][0]
+    entry = doc["lensml_results"][0]
     assert (entry["task"], entry["n"], entry["mode"], entry["metric"]) == ("toy", 3, mode, "acc")
     assert entry["value"] in (0.0, 1 / 3, 2 / 3, 1.0)
     assert (tmp_path / "out" / "results.toy_zh.samples.jsonl").is_file()
@@ -87,12 +87,14 @@ def test_a_generation_benchmark_is_dispatched_by_kind(tiny, tmp_path):
                     "value": 1.0, "stderr": None, "judged": False, "fidelity": 1.0, "timings_s": {"total": 0.0}}
 
     benchmarks.register(Echo())
+    prompts = tmp_path / "echo.sw.jsonl"  # its data are looked up when the options are built, though run ignores them
+    prompts.write_text('{"text": "habari"}\n', encoding="utf-8")
     try:
-        doc = evaluate(*tiny, "tiny", EvalConfig(tasks="echo:sw"), tmp_path / "out", result_file="e.json")
+        doc = evaluate(*tiny, "tiny", EvalConfig(tasks=f"echo:sw@{prompts}"), tmp_path / "out", result_file="e.json")
         assert comparison_table([tmp_path / "out" / "e.json"]).startswith("| Model | Echo Sw |\n")
     finally:
         benchmarks.unregister("echo")
-    assert seen == [("sw", 1024, "e.echo_sw.answers.jsonl")] and doc["results"][0]["value"] == 1.0
+    assert seen == [("sw", 1024, "e.echo_sw.answers.jsonl")] and doc["lensml_results"][0]["value"] == 1.0
     # a result of a benchmark this lensml does not know keeps its name and is placed by its mode
     assert comparison_table([tmp_path / "out" / "e.json"]).startswith("| Model | echo Sw |\n")
 

@@ -30,13 +30,13 @@ def test_unauthorised_judge_keeps_answers_and_fidelity(tiny, fixtures, tmp_path)
                          generation=GenerationConfig(max_new_tokens=4), judge=_config(server.base_url, tmp_path))
         doc = evaluate(model, tok, "tiny", cfg, tmp_path / "out")
         assert len(server.requests) <= cfg.judge.concurrency  # the refusal stops the other requests
-    xcopa, mt = doc["results"]
+    xcopa, mt = doc["lensml_results"]
     assert xcopa["n"] == 3 and mt["judged"] is False and "score" not in mt
     assert "HTTP 401" in mt["judge_error"] and "invalid api key" in mt["judge_error"] and "HTTP 401" in mt["note"]
     assert mt["metric"] == "fidelity" and 0.0 <= mt["fidelity"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "out" / mt["answers_file"]).open()]
     assert len(rows) == 3 and all(len(r["choices"][0]["turns"]) == 2 for r in rows)
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["results"][1]["judge_error"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["lensml_results"][1]["judge_error"]
 
 
 def test_cli_exits_2_naming_the_saved_answers(tiny_llama, fixtures, tmp_path, capsys):
@@ -48,7 +48,7 @@ def test_cli_exits_2_naming_the_saved_answers(tiny_llama, fixtures, tmp_path, ca
     last = capsys.readouterr().err.strip().splitlines()[-1]  # one line, after any progress output
     assert code == 2 and last.startswith("error: the judge failed on mtbench:zh (") and "HTTP 403" in last
     assert str(out.parent / "r.mtbench_zh.answers.jsonl") in last
-    assert (out.parent / "r.mtbench_zh.answers.jsonl").is_file() and json.loads(out.read_text())["results"][0]["n"] == 2
+    assert (out.parent / "r.mtbench_zh.answers.jsonl").is_file() and json.loads(out.read_text())["lensml_results"][0]["n"] == 2
 
 
 def test_error_never_echoes_the_reply_or_the_key(tmp_path, monkeypatch):

@@ -58,13 +58,13 @@ def test_a_judge_that_gives_no_rating_keeps_answers_and_says_why(fault, tiny, fi
     server, options, reason = FAULTS[fault]
     with server() as judge:
         doc = evaluate(*tiny, "tiny", _cfg(judge.base_url, tmp_path, fixtures, **options), tmp_path / "out")
-    (mt,) = doc["results"]
+    (mt,) = doc["lensml_results"]
     assert mt["judged"] is False and "score" not in mt and mt["metric"] == "fidelity"
     assert 0.0 <= mt["fidelity"] <= 1.0 and mt["n"] == 2
     assert (mt["n_rated"], mt["n_unrated"], mt["n_failed"]) == (0, 0, 4)
     assert mt["judge_error"].startswith("4 of 4 judge requests got no rating: ") and reason in mt["judge_error"]
     assert "parsable" not in mt["note"] and mt["judge_error"] in mt["note"]
-    written = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
+    written = json.loads((tmp_path / "out" / "results.json").read_text())["lensml_results"][0]
     assert written["judge_error"] == mt["judge_error"] and written["fidelity"] == mt["fidelity"]
     rows = [json.loads(line) for line in (tmp_path / "out" / mt["answers_file"]).open()]
     assert len(rows) == 2 and all(r["ratings"] == [None, None] for r in rows)
@@ -76,7 +76,7 @@ def test_what_was_judged_is_kept_beside_what_was_not(tiny, fixtures, tmp_path):
     with FakeJudge(fail_first=1, status=503, reply="Fine. [[6]]") as judge:
         cfg = _cfg(judge.base_url, tmp_path, fixtures)
         cfg.judge.retries, cfg.judge.concurrency = 0, 1
-        (mt,) = evaluate(*tiny, "tiny", cfg, tmp_path / "out")["results"]
+        (mt,) = evaluate(*tiny, "tiny", cfg, tmp_path / "out")["lensml_results"]
     assert mt["judged"] is True and mt["metric"] == "score" and mt["score"] == 6.0
     assert (mt["n_rated"], mt["n_unrated"], mt["n_failed"]) == (3, 0, 1)
     assert mt["judge_error"] == "1 of 4 judge requests got no rating: HTTP 503 (after 1 try)"
@@ -87,7 +87,7 @@ def test_what_was_judged_is_kept_beside_what_was_not(tiny, fixtures, tmp_path):
 
 def test_a_judge_that_answers_without_a_rating_is_not_a_failure(tiny, fixtures, tmp_path):
     with FakeJudge(reply="I would rather not rate this.") as judge:
-        (mt,) = evaluate(*tiny, "tiny", _cfg(judge.base_url, tmp_path, fixtures), tmp_path / "out")["results"]
+        (mt,) = evaluate(*tiny, "tiny", _cfg(judge.base_url, tmp_path, fixtures), tmp_path / "out")["lensml_results"]
     assert "judge_error" not in mt and (mt["n_unrated"], mt["n_failed"]) == (4, 0)
     assert mt["note"] == "the judge answered but gave no parsable rating: no score is reported"
 
@@ -103,5 +103,5 @@ def test_lens_eval_exits_2_and_keeps_the_results(fault, tiny_llama, fixtures, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: the judge failed on mtbench:zh (") and reason in err[-1]
     assert "Traceback" not in "\n".join(err)
-    assert json.loads(out.read_text())["results"][0]["fidelity"] is not None
+    assert json.loads(out.read_text())["lensml_results"][0]["fidelity"] is not None
     assert (tmp_path / "r.mtbench_zh.answers.jsonl").is_file()

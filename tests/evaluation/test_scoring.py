@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lensml.evaluation.scoring import (ItemResult, _argmax, ScoringConfig, accuracy, encode_pair, letter_prompt,
-                                       letter_token_ids, loglik_requests, loglik_scores, score_letter, score_loglik)
+                                       letter_token_ids, loglik_requests, loglik_results, loglik_scores, score_letter,
+                                       score_loglik)
 from lensml.evaluation.tasks import TaskSpec, load_items
 from lensml.runtime.templating import render, tokenize_rendered
 
@@ -53,13 +54,24 @@ def test_loglik_matches_an_independent_forward(tiny):
     model, tok = tiny
     pairs = [("Why do cats", " purr?"), ("描述一个下雨的", "早晨。"), ("Name two planets", " near the sun.")]
     got = loglik_scores(model, tok, pairs, ScoringConfig(batch_size=3))
-    for (context, continuation), value in zip(pairs, got):
+    # a continuation the model would produce itself, so lm-eval's is_greedy is true for one pair at least
+    with torch.no_grad():
+        ids = tok("Why do cats", add_special_tokens=False)["input_ids"]
+        for _ in range(3):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    greedy_text = tok.decode(ids[len(tok("Why do cats", add_special_tokens=False)["input_ids"]):])
+    pairs.append(("Why do cats", greedy_text))
+    flags = [g for _, g in loglik_results(model, tok, pairs, ScoringConfig(batch_size=2))]
+    for (context, continuation), value, flag in zip(pairs, got + [None], flags):
         ctx = tok(context, add_special_tokens=False)["input_ids"]
         whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].float(), -1)
-        expected = sum(logp[t - 1, whole[t]].item() for t in range(len(ctx), len(whole)))
-        assert value == pytest.approx(expected, abs=1e-4)
+        if value is not None:
+            expected = sum(logp[t - 1, whole[t]].item() for t in range(len(ctx), len(whole)))
+            assert value == pytest.approx(expected, abs=1e-4)
+        assert flag == all(int(logp[t - 1].argmax()) == whole[t] for t in range(len(ctx), len(whole)))
+    assert flags[-1] is True and flags[0] is False
 
 
 @pytest.mark.parametrize("mode", ["loglik", "letter"])
@@ -133,7 +145,7 @@ def test_acc_norm_divides_by_characters_not_tokens(tiny, monkeypatch):
     scores = {"Why do cats purr?": -10.0, "ẞẞ": -3.0, "猫": -2.0, "qzxj": -6.0}
     monkeypatch.setattr(scoring, "loglik_requests", lambda item: ([("ctx", " " + c) for c in choices[item.doc["id"]]],
                                                                   choices[item.doc["id"]]))
-    monkeypatch.setattr(scoring, "loglik_scores", lambda _m, _t, pairs, *a, **k: [scores[c[1:]] for _, c in pairs])
+    monkeypatch.setattr(scoring, "loglik_results", lambda _m, _t, pairs, *a, **k: [(scores[c[1:]], False) for _, c in pairs])
     items = [MCItem("xcopa", "zh", {"id": "a"}, 0, "a"), MCItem("xcopa", "zh", {"id": "b"}, 1, "b")]
     results = score_loglik(model, tok, items, ScoringConfig())
     assert [(r.pred, r.pred_norm, r.pred_bytes) for r in results] == [(1, 0, 1), (0, 1, 0)]

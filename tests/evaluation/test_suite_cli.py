@@ -27,7 +27,7 @@ def test_turn_two_carries_the_conversation(tiny, fixtures, monkeypatch):
         return [f"回答{len(calls)}-{i}" for i in range(len(conversations))]
 
     monkeypatch.setattr(mtbench, "generate_answers", fake_generate)
-    questions, _, _ = mtbench.load_questions(mtbench.TaskSpec("mtbench", "zh", str(fixtures / "mt-bench" / "zh")))
+    questions, _, _, _ = mtbench.load_questions(mtbench.TaskSpec("mtbench", "zh", str(fixtures / "mt-bench" / "zh")))
     answers = mtbench.answer_questions(model, tok, questions, mtbench.GenerationConfig(max_new_tokens=4))
     assert calls[0][1] == [{"role": "user", "content": "三加五等于多少？"}]
     assert calls[1][1] == [{"role": "user", "content": "三加五等于多少？"}, {"role": "assistant", "content": "回答1-1"},
@@ -40,8 +40,8 @@ def test_evaluate_without_judge_reports_no_score(tiny, fixtures, tmp_path):
     cfg = EvalConfig(tasks=_tasks(fixtures), limit=3, generation=GenerationConfig(max_new_tokens=4))
     doc = evaluate(model, tok, "tiny", cfg, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert saved["results"] == json.loads(json.dumps(doc["results"]))
-    xcopa, wino, mt = doc["results"]
+    assert saved["lensml_results"] == json.loads(json.dumps(doc["lensml_results"]))
+    xcopa, wino, mt = doc["lensml_results"]
     assert (xcopa["task"], xcopa["language"], xcopa["n"], xcopa["metric"]) == ("xcopa", "zh", 3, "acc")
     assert set(xcopa["metrics"]) == {"acc", "acc_norm", "acc_bytes"} and wino["n"] == 3
     assert mt["judged"] is False and "score" not in mt and mt["metric"] == "fidelity" and mt["value"] == mt["fidelity"]
@@ -49,7 +49,7 @@ def test_evaluate_without_judge_reports_no_score(tiny, fixtures, tmp_path):
         assert 0.0 <= mt[key] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "eval" / "results.mtbench_zh.answers.jsonl").open()]
     assert len(rows) == 3 and len(rows[0]["choices"][0]["turns"]) == 2 and len(rows[0]["langid"]) == 2
-    assert doc["versions"]["torch"] and doc["options"]["judge"]["api_key_env"] is None
+    assert doc["packages"]["torch"] and doc["options"]["judge"]["api_key_env"] is None
     with pytest.raises(LensError, match="already exists"):
         evaluate(model, tok, "tiny", cfg, tmp_path / "eval")
 
@@ -62,10 +62,10 @@ def test_evaluate_with_judge_scores_and_caches(tiny, fixtures, tmp_path):
                          judge=JudgeConfig(base_url=server.base_url, model="judge-1", cache_dir=str(tmp_path / "cache"),
                                            backoff_s=0.01))
         doc = evaluate(model, tok, "tiny", cfg, tmp_path / "a")
-        mt = doc["results"][0]
+        mt = doc["lensml_results"][0]
         assert mt["judged"] is True and mt["score"] == 6.0 and mt["metric"] == "score" and mt["n_rated"] == 6
         assert len(server.requests) == 7  # 3 questions x 2 turns, plus the retried 500
-        again = evaluate(model, tok, "tiny", cfg, tmp_path / "b")["results"][0]
+        again = evaluate(model, tok, "tiny", cfg, tmp_path / "b")["lensml_results"][0]
         assert again["score"] == 6.0 and again["n_cached"] == 6 and len(server.requests) == 7
 
 
@@ -104,13 +104,13 @@ def test_cli_eval_and_compare_end_to_end(tiny_llama, fixtures, tmp_path, capsys)
             "--generation.max-new-tokens", "4", "--limit", "2"]
     assert main(args) == 0
     doc = json.loads(out.read_text())
-    assert [(r["task"], r["n"]) for r in doc["results"]] == [("xcopa", 2), ("xwinograd", 2), ("mtbench", 2)]
+    assert [(r["task"], r["n"]) for r in doc["lensml_results"]] == [("xcopa", 2), ("xwinograd", 2), ("mtbench", 2)]
     assert doc["mode"] == "loglik" and (out.parent / "base.xcopa_zh.samples.jsonl").is_file()
     assert "xcopa:zh loglik n=2: acc" in capsys.readouterr().out
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
     letter = tmp_path / "eval" / "letter.json"
     assert main(args[:-5] + [str(letter), "--scoring.mode", "letter", "--limit", "2", "--generation.max-new-tokens", "4"]) == 0
-    assert json.loads(letter.read_text())["results"][0]["mode"] == "letter"
+    assert json.loads(letter.read_text())["lensml_results"][0]["mode"] == "letter"
     capsys.readouterr()
     table = tmp_path / "table.md"
     assert main(["compare", str(out), str(letter), "--out", str(table)]) == 0
@@ -127,4 +127,4 @@ def test_data_dir_from_environment(tiny, fixtures, tmp_path, monkeypatch):
     (folder / "val.zh.jsonl").write_bytes((fixtures / "xcopa" / "val.zh.jsonl").read_bytes())
     monkeypatch.setenv("LENSML_EVAL_DATA", str(tmp_path / "data"))
     doc = evaluate(model, tok, "tiny", EvalConfig(tasks="xcopa:zh", scoring=ScoringConfig(mode="letter")), tmp_path / "out")
-    assert doc["results"][0]["source"] == str(folder / "val.zh.jsonl") and doc["results"][0]["n"] == 4
+    assert doc["lensml_results"][0]["source"] == str(folder / "val.zh.jsonl") and doc["lensml_results"][0]["n"] == 4

@@ -94,24 +94,24 @@ def test_compare_runs_table_json_and_picture(runs, tmp_path):
     text = compare_runs([root / m for m in METHODS], tmp_path / "cmp.md")
     lines = text.splitlines()
     assert lines[0].startswith("### ") and "en -> zh (4 held-out prompts per language)" in lines[0]
-    header = next(line for line in lines if line.startswith("| method | zh fidelity"))
-    assert header.split(" | ")[1:5] == ["zh fidelity", "zh clean", "zh echo", "zh loop"] and "en NLL (change)" in header
+    header = next(line for line in lines if line.startswith("| run | method | zh fidelity"))
+    assert header.split(" | ")[2:6] == ["zh fidelity", "zh clean", "zh echo", "zh loop"] and "en NLL (change)" in header
     labels = ["base", "lens", "xsft", "xsft-full", "qalign", "sdrrl", "steer (control)", "xsft-top (control)"]
-    quality = [line.split(" | ")[0][2:] for line in lines[lines.index(header) + 2:lines.index(header) + 10]]
-    assert quality == labels and "(control): not a row of the LENS paper" in text
+    quality = [line.split(" | ")[1] for line in lines[lines.index(header) + 2:lines.index(header) + 10]]
+    assert quality == ["-", *labels[1:]] and "(control): not a row of the LENS paper" in text
     doc = json.loads((tmp_path / "cmp.json").read_text())
     g = doc["groups"][0]
-    assert [r["method"] for r in g["quality"]] == labels and g["samples"] == 4
+    assert [r["label"] for r in g["quality"]] == ["base", *METHODS] and g["samples"] == 4
     assert [r["role"] for r in g["cost"]] == ["paper"] * 5 + ["control"] * 2
     for r, m in zip(g["quality"][1:], METHODS):
         report = RunReport.load(root / m)
         assert r["languages"]["zh"]["fidelity"] == report.quick_eval.enhanced["zh"].fidelity
         assert r["nll_change"] == report.quick_eval.retention.relative_change
     assert g["quality"][0]["languages"]["zh"]["fidelity"] == RunReport.load(root / "lens").quick_eval.base["zh"].fidelity
-    shares = {r["method"]: r["trainable_share"] for r in g["cost"]}
+    shares = {label: r["trainable_share"] for label, r in zip(labels[1:], g["cost"])}
     assert all(shares[m] == 1.0 for m in PAPER) and 0 < shares["lens"] == shares["xsft-top (control)"] < 1
     assert shares["steer (control)"] == 0.0
-    rows = {r["method"]: r["instruction_rows"] for r in g["cost"]}
+    rows = {label: r["instruction_rows"] for label, r in zip(labels[1:], g["cost"])}
     assert rows["lens"] == rows["xsft"] == rows["xsft-full"] == rows["xsft-top (control)"] == 16  # 16 rows, zh
     assert rows["qalign"] == 32 and rows["sdrrl"] >= 16 and rows["steer (control)"] == 0
     assert all(r["train_s"] > 0 and r["host_gb"] > 0 for r in g["cost"])
@@ -124,7 +124,7 @@ def test_compare_keeps_other_languages_apart(runs, tiny_llama, tmp_path):
     root, data = runs
     assert main(args(tiny_llama, data, tmp_path / "sw", "xsft", langs="sw")) == 0
     groups = group_runs([load_run(root / "lens"), load_run(tmp_path / "sw"), load_run(root / "xsft")])
-    assert [[r.label for r in g.rows] for g in groups] == [["lens", "xsft"], ["xsft"]]
+    assert [[r.label for r in g.rows] for g in groups] == [["lens", "xsft"], ["sw"]]
     text = compare_runs([root / "lens", tmp_path / "sw"])
     assert "en -> zh" in text and "en -> sw" in text
 
@@ -133,7 +133,7 @@ def test_compare_via_cli(runs, tmp_path, capsys):
     root, _ = runs
     assert main(["compare", str(root / "lens"), str(root / "xsft"), "--out", str(tmp_path / "c")]) == 0
     printed = capsys.readouterr().out
-    assert "| xsft |" in printed and (tmp_path / "c" / "compare.json").is_file()
+    assert "| xsft | xsft |" in printed and (tmp_path / "c" / "compare.json").is_file()
 
 
 def test_responses_checked_before_the_model_loads(tiny_llama, parallel_data, tmp_path, monkeypatch, capsys):
@@ -176,11 +176,11 @@ def test_compare_with_the_papers_table5(runs, tmp_path, capsys):
     root, _ = runs
     assert main(["compare", *[str(root / m) for m in METHODS], "--reference", "paper"]) == 0
     out = capsys.readouterr().out
-    head = next(line for line in out.splitlines() if line.startswith("| method | trainable share"))
+    head = next(line for line in out.splitlines() if line.startswith("| run | method | trainable share"))
     assert head.endswith("| paper: trainable | paper: instruction data | paper: training time (A800) |")
     table5 = {line.split(" | ")[0][2:]: line.split(" | ")[-3:] for line in out.splitlines()
               if line.startswith("| ") and line.count(" | ") == head.count(" | ")}
     assert table5["lens"] == ["5.43%", "0.8K", "2 min 08 s |"] and table5["sdrrl"] == ["100%", "4K", "11 min 30 s |"]
     assert table5["xsft-full"] == ["100%", "111.5K", "192 min 35 s |"] and table5["qalign"][2] == "12 min 03 s |"
-    assert table5["xsft-top (control)"] == ["-", "-", "- |"]  # a control has no row in the paper
+    assert table5["xsft-top"] == ["-", "-", "- |"]  # a control has no row in the paper
     assert main(["compare", str(root / "lens"), "--reference", "table9"]) == 2

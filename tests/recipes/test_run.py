@@ -39,7 +39,7 @@ def test_run_end_to_end(tiny_llama, parallel_data, tmp_path, capsys):
     assert q.retention.base_nll > 0
     assert {"probe", "train", "eval_base", "eval_enhanced", "benchmarks_base", "total"} <= set(report.timings_s)
     for side in ("base", "enhanced"):
-        assert report.benchmarks[side]["results"][0]["n"] > 0
+        assert report.benchmarks[side]["lensml_results"][0]["n"] > 0
     assert (out / "eval" / "compare.md").is_file() and (out / "eval" / "base" / "results.json").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["train"]["lr"] == 1e-3 and len(manifest["losses"]) == 3
@@ -68,7 +68,7 @@ def test_run_end_to_end(tiny_llama, parallel_data, tmp_path, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     bench = [r for r in rows if "XCOPA Zh" in r][0]
     below = rows[rows.index(bench) + 1:rows.index(bench) + 4]
-    assert below[0].startswith("| base |") and below[1].startswith("| lens |") and below[2].startswith("| Δ vs base")
+    assert below[0].startswith("| base |") and below[1].startswith("| run |") and below[2].startswith("| Δ vs base")
     # The run's report.json alone is a result file: the benchmark table, base and enhanced.
     assert main(["compare", str(out / "report.json")]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]

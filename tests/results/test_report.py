@@ -32,10 +32,16 @@ def test_numbers_by_hand():
     assert r.quick_eval.metric("clean_fidelity", "base") == {"en": 0.975, "zh": 0.475}
 
 
-def test_table_shows_each_side_in_its_column():
+def test_table_shows_echo_and_loop_in_their_own_columns():
     lines = _report().table().splitlines()
+    head = lines.index("| lang | fidelity | clean | echo | loop | empty |")
+    assert lines[head - 1] == "held-out answers, base -> enhanced (40 prompts per language):"
+    assert lines[head + 1] == "|---|---|---|---|---|---|"
     zh = next(line for line in lines if line.startswith("| zh |"))
-    assert [c.strip() for c in zh.split("|")[1:-1]] == ["zh", "87.5%", "100.0%", "47.5%", "55.0%", "50.0%", "47.5%"]
+    assert [c.strip() for c in zh.split("|")[1:-1]] == [
+        "zh", "87.5% -> 100.0%", "47.5% -> 55.0%", "25.0% -> 12.5%", "25.0% -> 35.0%", "0.0% -> 0.0%"]
+    en = next(line for line in lines if line.startswith("| en |"))
+    assert en == "| en | 100.0% -> 100.0% | 97.5% -> 95.0% | 0.0% -> 0.0% | 2.5% -> 5.0% | 0.0% -> 0.0% |"
     assert "base 0.8000, enhanced 0.7800 (-2.50%)" in _report().table()
     assert "5.3% of parameters" in _report().table()
 

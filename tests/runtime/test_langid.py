@@ -48,3 +48,22 @@ def test_bad_backend():
         LanguageIdentifier("nope")
     with pytest.raises(LensError, match="fastText model"):
         LanguageIdentifier("glotlid")
+
+
+def test_models_loaded_on_demand_give_the_preloaded_answers():
+    """lingua loads a language's models when a text first needs them (not all 75 up front): every language
+    is still a candidate, so the answers are those of the preloaded detector, including on texts in
+    languages the run does not train, degenerate loops, mixed scripts and numbers."""
+    from lingua import LanguageDetectorBuilder
+
+    texts = [t for ts in CLEAR.values() for t in ts] + [
+        "El tiempo es muy agradable hoy, vamos a caminar por el parque.",
+        "O tempo está ótimo hoje, vamos caminhar no parque.",
+        "Das Wetter ist heute sehr schön.", "Hali hali hali hali hali hali", "水水水水水水水水",
+        "The answer is 42 (四十二).", "1234 5678", "ok", "Привет, как дела?", "Merhaba, nasılsın?"]
+    preloaded = LanguageDetectorBuilder.from_all_languages().with_preloaded_language_models().build()
+    langid._detector.cache_clear()
+    ident = LanguageIdentifier()
+    expected = [lang.iso_code_639_1.name.lower() if (lang := preloaded.detect_language_of(t)) else "" for t in texts]
+    assert ident.batch(texts) == expected
+    assert {"es", "pt", "de", "ru", "tr"} <= set(expected)  # languages no run here trains were candidates

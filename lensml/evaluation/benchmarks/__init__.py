@@ -6,6 +6,11 @@ can register its own without editing lensml). The built-ins are registered on th
 lookup; a benchmark module finds its data with lensml.evaluation.benchmarks.sources, which
 takes the benchmark itself, so no benchmark module imports this registry.
 
+Task names are also accepted in lm-evaluation-harness's spelling (`xcopa_zh`, `xwinograd_jp`):
+LM_EVAL below is the one table of how lm-eval names each benchmark and the languages it spells
+differently; `lm_eval_name` gives that name (the keys of a result's lm-eval-shaped sections) and
+`from_lm_eval` reads it back (`NAME_LANG` works for any registered benchmark or alias).
+
 To add a benchmark: write one module with a `MultipleChoiceBenchmark` or
 `GenerationBenchmark` subclass (see base.py), and add it to `_builtins` below.
 """
@@ -23,11 +28,20 @@ from lensml.evaluation.benchmarks.base import (
 )
 
 __all__ = ["Benchmark", "GenerationBenchmark", "MultipleChoiceBenchmark", "MULTIPLE_CHOICE", "GENERATION",
-           "register", "unregister", "get", "names", "find"]
+           "register", "unregister", "get", "names", "find", "LM_EVAL", "lm_eval_name", "from_lm_eval"]
 
 _REGISTRY: dict[str, Benchmark] = {}
 _ALIASES: dict[str, str] = {}
 _loaded = False
+
+#: lensml name -> (lm-eval's task prefix, {lensml language: lm-eval's spelling where it differs}).
+#: lm-eval names a task PREFIX_LANG; it follows the Hub configs, so Japanese XWinograd is `xwinograd_jp`.
+LM_EVAL: dict[str, tuple[str, dict[str, str]]] = {
+    "xcopa": ("xcopa", {}),
+    "xwinograd": ("xwinograd", {"ja": "jp"}),
+    "xstorycloze": ("xstorycloze", {}),
+    "m_mmlu": ("m_mmlu", {}),
+}
 
 
 def _builtins() -> list[Benchmark]:
@@ -91,3 +105,21 @@ def get(name_or_alias: str) -> Benchmark:
 def names() -> list[str]:
     _ensure_builtins()
     return list(_REGISTRY)
+
+
+def lm_eval_name(name: str, lang: str) -> str:
+    """lm-eval's name of a task in a language (xwinograd, ja -> xwinograd_jp); NAME_LANG where lm-eval has none."""
+    prefix, spelled = LM_EVAL.get(name, (name, {}))
+    return f"{prefix}_{spelled.get(lang, lang)}"
+
+
+def from_lm_eval(task: str) -> tuple[Benchmark, str] | None:
+    """(benchmark, lensml language) of an lm-eval task name such as xcopa_zh or xwinograd_jp; None if it is not one."""
+    key = task.strip().lower()
+    for name, (prefix, spelled) in sorted(LM_EVAL.items(), key=lambda kv: -len(kv[1][0])):
+        if key.startswith(prefix + "_") and len(key) > len(prefix) + 1:
+            lang = key[len(prefix) + 1:]
+            return get(name), {v: k for k, v in spelled.items()}.get(lang, lang)
+    head, sep, lang = key.rpartition("_")
+    benchmark = find(head) if sep and head and lang else None
+    return (benchmark, lang) if benchmark is not None else None

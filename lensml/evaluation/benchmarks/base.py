@@ -62,13 +62,15 @@ class TaskSpec:
 
 @dataclass
 class MCItem:
-    """A multiple-choice item in its Hub field names; `where` locates it for error messages."""
+    """A multiple-choice item in its Hub field names; `where` locates it for error messages, `doc_id` is its
+    position in the source (lm-eval's doc_id, so a sample line names the same item under --limit or --sample)."""
 
     task: str
     lang: str
     doc: dict
     label: int
     where: str
+    doc_id: int | None = None
 
 
 @dataclass
@@ -130,6 +132,11 @@ class Benchmark(ABC):
     extensions: ClassVar[tuple[str, ...]] = (".jsonl", ".json")
     data_dir_name: ClassVar[str | None] = None  # folder under --data-dir; None: the name
     preferred_file: ClassVar[str | None] = None  # in a folder, this file name wins (MT-Bench: question.jsonl)
+    #: lensml's version of the task's prompt and scoring (the result JSON's lm-eval `versions`): raise it when a
+    #: change would move the numbers, so results of different versions are not compared unawares.
+    version: ClassVar[float] = 1.0
+    #: metrics where lower is better (lm-eval's higher_is_better is False for them)
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def folder(self) -> str:
@@ -151,6 +158,10 @@ class Benchmark(ABC):
         """One line of `lens eval`'s printout for a result entry."""
         return f"{entry['task']}:{entry['language']} n={entry['n']}: {entry['metric']} {entry['value']:.4f}"
 
+    def metrics_of(self, entry: dict) -> dict[str, tuple[float | None, float | None]]:
+        """metric -> (value, standard error) of a result entry, for the lm-eval-shaped `results` section."""
+        return {entry["metric"]: (entry["value"], entry.get("stderr"))}
+
 
 class MultipleChoiceBenchmark(Benchmark):
     """Items with one gold choice, scored by lensml.evaluation.scoring (loglik or letter mode)."""
@@ -171,6 +182,14 @@ class MultipleChoiceBenchmark(Benchmark):
     def letter_prompt(self, item: MCItem) -> tuple[str, int]:
         """The user message of the letter protocol and its option count (use `letter_message`)."""
         raise NotImplementedError
+
+    def choices(self, item: MCItem) -> list[str]:
+        """The answer options as lm-eval's doc_to_choice gives them (the strings its acc_norm divides by)."""
+        return self.loglik_requests(item)[1]
+
+    def metrics_of(self, entry: dict) -> dict[str, tuple[float | None, float | None]]:
+        return {name: (m["value"], m.get("stderr")) for name, m in entry.get("metrics", {}).items()} or \
+            super().metrics_of(entry)
 
     def describe(self, entry: dict) -> str:
         pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731

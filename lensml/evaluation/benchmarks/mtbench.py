@@ -29,7 +29,7 @@ from typing import Callable
 
 from lensml.errors import LensError
 from lensml.evaluation.benchmarks.base import GenerationBenchmark, GenerationConfig, HubSource, RunContext, TaskSpec
-from lensml.evaluation.benchmarks.sources import data_path, resolve_local, sample_indices, source_rows
+from lensml.evaluation.benchmarks.sources import data_path, resolve_local, select_indices, source_rows
 from lensml.evaluation.degeneration import degeneration, distinct_n
 from lensml.evaluation.judge import JudgeClient, JudgeConfig, find_judge_prompts, judge_messages, load_judge_prompts
 from lensml.evaluation.metrics import share, stderr_of_mean
@@ -64,16 +64,17 @@ def _question(row: dict, where: str) -> Question:
     return Question(qid, str(row.get("category") or ""), turns, reference, where)
 
 
-def load_questions(spec: TaskSpec, limit: int | None = 1000, seed: int = 1234,
-                   data_dir: str | None = None) -> tuple[list[Question], str, Path | None]:
-    """Questions from a FastChat question.jsonl (file or folder) or the Hub (English only), and the local file."""
+def load_questions(spec: TaskSpec, limit: int | None = None, seed: int = 1234, data_dir: str | None = None,
+                   sample: int | None = None) -> tuple[list[Question], str, Path | None, int]:
+    """Questions from a FastChat question.jsonl (file or folder) or the Hub (English only): the first `limit`,
+    or `sample` drawn with `seed`, else all; their source, the local file, and how many the source holds."""
     rows, source, path = source_rows(MTBench(), spec, data_dir)
     questions = [_question(row, where) for row, where in rows]
     if not questions:
         raise LensError(f"{source}: no questions (empty file?)")
-    chosen = [questions[i] for i in sample_indices(len(questions), limit, seed)]
+    chosen = [questions[i] for i in select_indices(len(questions), limit, sample, seed)]
     log.info("%s: %d of %d questions from %s", spec, len(chosen), len(questions), source)
-    return chosen, source, path
+    return chosen, source, path, len(questions)
 
 
 def answer_questions(model, tokenizer, questions: list[Question], cfg: GenerationConfig) -> list[list[str]]:
@@ -161,6 +162,7 @@ class MTBench(GenerationBenchmark):
     extensions = (".jsonl",)
     data_dir_name = "mt-bench"
     preferred_file = "question.jsonl"
+    lower_is_better = frozenset({"echo", "loop", "empty", "degenerate"})
 
     def prepare(self, spec: TaskSpec, ctx: RunContext) -> None:
         """Language identifiers, and a configured judge's prompts and key, are checked before any model time."""
@@ -176,7 +178,7 @@ class MTBench(GenerationBenchmark):
         """Answer, score and (when a judge is configured) judge MT-Bench in one language; returns the result entry."""
         cfg = ctx.cfg
         t0 = time.perf_counter()
-        questions, source, question_file = load_questions(spec, cfg.limit, cfg.seed, cfg.data_dir)
+        questions, source, question_file, total = load_questions(spec, cfg.limit, cfg.seed, cfg.data_dir, cfg.sample)
         t_load = time.perf_counter()
         answers = answer_questions(model, tokenizer, questions, cfg.generation)
         t_gen = time.perf_counter()
@@ -217,14 +219,24 @@ class MTBench(GenerationBenchmark):
             summary.update(judged=False, note="no judge configured (--judge.base-url, --judge.model): no score is reported")
         t_judge = time.perf_counter()
         judged = summary.get("judged") and summary.get("score") is not None
-        return {"task": self.name, "language": spec.lang, "mode": "generate", "n": len(questions),
+        return {"task": self.name, "language": spec.lang, "mode": "generate", "n": len(questions), "n_total": total,
                 "metric": "score" if judged else "fidelity",
                 "value": summary["score"] if judged else summary["fidelity"],
                 "stderr": summary["score_stderr"] if judged else summary["fidelity_stderr"],
                 **summary, "source": source, "answers_file": answers_path.name,
-                "max_new_tokens": cfg.generation.max_new_tokens,
+                "max_new_tokens": cfg.generation.max_new_tokens, "limit": cfg.limit, "sample": cfg.sample,
+                "seed": cfg.seed,
                 "timings_s": {"load": t_load - t0, "generate": t_gen - t_load, "langid": t_fid - t_gen,
                               "judge": t_judge - t_fid, "total": time.perf_counter() - t0}}
+
+    def metrics_of(self, entry: dict) -> dict[str, tuple[float | None, float | None]]:
+        """The judge's score when there is one, then fidelity and the degeneration shares."""
+        out = {"score": (entry["score"], entry.get("score_stderr"))} if entry.get("score") is not None else {}
+        out["fidelity"] = (entry["fidelity"], entry.get("fidelity_stderr"))
+        for key in ("clean_fidelity", "echo", "loop", "empty", "degenerate", "distinct_1", "distinct_2"):
+            if entry.get(key) is not None:
+                out[key] = (entry[key], None)
+        return out
 
     def describe(self, entry: dict) -> str:
         pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731

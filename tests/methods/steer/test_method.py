@@ -127,4 +127,4 @@ def test_eval_steers_letter_scoring_and_refuses_loglik(tiny, tiny_llama, tmp_pat
     out = tmp_path / "letter.json"
     assert main([*common, "--out", str(out), "--scoring.mode", "letter"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["model"].endswith(f"+ steer({run}, lambda=4, lang=zh)") and doc["results"][0]["n"] == 2
+    assert doc["model"].endswith(f"+ steer({run}, lambda=4, lang=zh)") and doc["lensml_results"][0]["n"] == 2

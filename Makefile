@@ -47,7 +47,8 @@ bench: $(STAMP)
 # `make check-gguf`: RUN's OUT/model.gguf and its base GGUF run by llama.cpp itself (llama-cpp-python, kept out of
 # the default install), fidelity beside the run's own report (benchmarks/gguf_llamacpp.py; GGUF_TYPES="source q8_0
 # f16 f32" also re-exports and measures each --gguf-out choice). The wheel is built once from the PyPI source into
-# .cache/wheels, for this machine's CPU (GGML_NATIVE): about 40 min on 2 shared cores here (the build prints its time).
+# .cache/wheels, for this machine's CPU (GGML_NATIVE): 75 min here, on 2 cores shared with other jobs (load average
+# about 15); later runs reuse the wheel. The build prints its time.
 LLAMA_CPP_VERSION := 0.3.36
 WHEELS ?= .cache/wheels
 RUN ?= runs/default

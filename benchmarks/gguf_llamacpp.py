@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -127,8 +128,7 @@ def measure(label: str, gguf: Path, prompts: dict[str, list[str]], ident, max_to
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         result = {"file": label, "path": str(gguf), "bytes": gguf.stat().st_size}
         if proc.returncode != 0:
-            tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-3:]
-            return {**result, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+            return {**result, "error": f"exit {proc.returncode}: {_why(proc.stderr or '')}"}
         done = json.loads((Path(tmp) / "answers.json").read_text(encoding="utf-8"))
     answers, at = {}, 0
     for lang, ps in prompts.items():
@@ -138,6 +138,13 @@ def measure(label: str, gguf: Path, prompts: dict[str, list[str]], ident, max_to
             "fidelity": {lang: s["fidelity"] for lang, s in scores.items()},
             "clean_fidelity": {lang: s["clean_fidelity"] for lang, s in scores.items()},
             "answers": answers}
+
+
+def _why(stderr: str) -> str:
+    """llama.cpp's own message (an abort prints its source line first, then a debugger's backtrace)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    said = [ln for ln in lines if re.search(r"GGML_ASSERT|unsupported|error|failed", ln, re.I)] or lines[-1:]
+    return re.sub(r"^\S*?/(ggml|llama_cpp)/", r"\1/", said[0]).replace("|", "/") if said else "no message"
 
 
 def table(rows: list[dict], quick, langs: list[str]) -> str:
@@ -162,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", nargs="?", help="a `lens run` folder of a GGUF model (OUT/model.gguf, answers.jsonl)")
     p.add_argument("--types", nargs="*", default=[], help="also re-export OUT/model with these --gguf-out choices")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads")
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="llama.cpp threads (default half the cores: its threads spin, and on a shared machine more "
+                        "threads than free cores slow it tenfold)")
+    p.add_argument("--extra", action="append", default=[], metavar="LABEL=PATH", help="also run this GGUF file")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per answer (default: the run's eval)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per GGUF file")
     p.add_argument("--keep", type=Path, default=None, help="folder to keep the re-exported GGUF files in")
@@ -196,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             folder = args.keep or Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
             files = [("base", source), ("OUT/model.gguf", run.gguf), *reexport(run, source, args.types, folder)]
+            for item in args.extra:
+                label, _, path = item.rpartition("=")
+                if not label or not Path(path).is_file():
+                    raise LensError(f"--extra {item}: give LABEL=PATH of an existing GGUF file")
+                files.append((label, Path(path)))
             rows = []
             for label, path in files:
                 t0 = time.perf_counter()

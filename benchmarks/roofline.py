@@ -311,10 +311,12 @@ def _fmt(v, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| stage | tokens | padding | calls | GFLOP | s | GFLOP/s | % peak | rows/matmul | % peak at rows | s / 1k tok |"
+    head = ("| stage | tokens | padding | calls | GFLOP | s | GFLOP/s | % peak | rows/matmul | % peak at rows "
+            "| s / 1k tok |")
     lines = [head, "|" + " --- |" * 11]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['tokens']} | {_fmt(r['padding_share'] and 100 * r['padding_share'], '.1f')}% "
+        pad = _fmt(r["padding_share"] and 100 * r["padding_share"], ".1f")
+        lines.append(f"| {r['stage']} | {r['tokens']} | {pad}% "
                      f"| {r['calls']} | {_fmt(r['gflop'], '.1f')} | {r['seconds']:.2f} | {_fmt(r['gflops'], '.1f')} "
                      f"| {_fmt(r['share_of_peak'] and 100 * r['share_of_peak'], '.0f')} "
                      f"| {_fmt(r['mean_matmul_rows'], '.0f')} "

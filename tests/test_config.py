@@ -32,7 +32,7 @@ def test_the_manifest_config_keeps_its_keys_and_order():
     from lensml.recipes.config import RunConfigBase, run_config_class
 
     assert list(to_dict(RunConfig())) == ["method", "model", "langs", "central", "probe_data", "train_data", "out",
-                                          "overwrite", "push_to_hub", "gguf_out", "push_patch", "allow_unchanged", "probe", "train",
+                                          "overwrite", "push_to_hub", "gguf_out", "push_patch", "report_to", "allow_unchanged", "probe", "train",
                                           "eval", "benchmarks", "sft", "steer", "sdrrl"]
     assert run_config_class() is RunConfig is lensml.RunConfig and issubclass(RunConfig, RunConfigBase)
     assert lensml.load_config is load_config and type(load_config(None, {})) is RunConfig

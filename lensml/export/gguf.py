@@ -104,6 +104,16 @@ def tensor_type(name: str, shape: tuple[int, ...], source_type: Q, wanted: str) 
     return qtype
 
 
+def hf_name(hf_of: dict[str, str], gguf_name: str) -> str | None:
+    """The HF parameter a GGUF tensor holds. transformers' map names MoE expert tensors without the ".weight"
+    llama.cpp gives them (blk.N.ffn_gate_exps.weight in a real file: its HF parameter, experts.gate_up_proj, has no
+    suffix), so those are looked up without it."""
+    found = hf_of.get(gguf_name)
+    if found is None and gguf_name.endswith("_exps.weight"):
+        found = hf_of.get(gguf_name.removesuffix(".weight"))
+    return found
+
+
 def _encode(w: np.ndarray, qtype: Q) -> np.ndarray:
     if qtype == Q.F32:
         return w.astype(np.float32)
@@ -132,7 +142,7 @@ def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, cha
         replaced: dict[str, tuple[bytes, int]] = {}
         written: dict[str, str] = {}
         for t in src.tensors:
-            hf = hf_of.get(t.name)
+            hf = hf_name(hf_of, t.name)
             if hf in wanted:
                 w = params[hf].detach().to("cpu", torch.float32).numpy()
                 w = _to_gguf_layout(src.architecture, t.name, w, model.config)
@@ -140,7 +150,7 @@ def export_gguf(model, source: str | os.PathLike, target: str | os.PathLike, cha
                 data = _encode(w, qtype)
                 replaced[t.name] = (np.ascontiguousarray(data).tobytes(), int(qtype))
                 written[t.name] = qtype.name
-        missing = wanted - {hf_of.get(name) for name in written}
+        missing = wanted - {hf_name(hf_of, name) for name in written}
         if missing:
             raise LensError(f"GGUF export: {sorted(missing)[0]} has no tensor in {source.name}: use OUT/model")
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-")

@@ -91,7 +91,7 @@ def micro_step(block: TopBlock, cache: ReferenceCache, objective: LensObjective,
 def _states_after_prefix(block: TopBlock, cache: ReferenceCache, idx: list[int], langs: list[str], device):
     """The step's states with the shared prefix run once: one forward per language, each only as
     wide as its own prompts (Chinese prompts no longer pad English ones to their length). Prompts cut
-    from the left past the prefix (cache.shared) run whole, in one more forward for their language."""
+    from the left past the prefix (cache.shared) run whole, those of every language in one more forward."""
     skip = cache.prefix
     follow = {lang: [i for i in idx if cache.shared[lang][i]] for lang in langs}
     parts = {lang: cache.batch(lang, rows, max(len(cache.ids[lang][i]) for i in rows) - skip, device, skip)
@@ -105,20 +105,24 @@ def _states_after_prefix(block: TopBlock, cache: ReferenceCache, idx: list[int],
             m = own.to(final.dtype).unsqueeze(-1)
             mean = ((final * m).sum(1) + head_sum) / (m.sum(1) + skip)
             got[lang] = [({"last": gather_last(final, own), "mean": mean}, ref)]
-    for lang in langs:
-        rows = [i for i in idx if not cache.shared[lang][i]]
-        if rows:
-            b, h, ref = cache.batch(lang, rows, max(len(cache.ids[lang][i]) for i in rows), device)
-            final = block.forward(b, h).float()
-            got.setdefault(lang, []).append(({"last": gather_last(final, b.attention_mask),
-                                              "mean": masked_mean(final, b.attention_mask)}, ref))
+    whole = {lang: rows for lang in langs if (rows := [i for i in idx if not cache.shared[lang][i]])}
+    if whole:  # cut prompts are all as long as the budget: every language's in one forward, next to no padding
+        width = max(len(cache.ids[lang][i]) for lang, rows in whole.items() for i in rows)
+        cut = [cache.batch(lang, rows, width, device) for lang, rows in whole.items()]
+        batch = _concat([b for b, _, _ in cut])
+        final = block.forward(batch, torch.cat([h for _, h, _ in cut])).float()
+        last, mean, at = gather_last(final, batch.attention_mask), masked_mean(final, batch.attention_mask), 0
+        for (lang, rows), (_, _, ref) in zip(whole.items(), cut):
+            own = slice(at, at + len(rows))
+            got.setdefault(lang, []).append(({"last": last[own], "mean": mean[own]}, ref))
+            at += len(rows)
     states, refs = {}, {}
     for lang in langs:
         if len(got[lang]) == 1:
             states[lang], refs[lang] = got[lang][0]
             continue
-        at = {i: k for k, i in enumerate(follow[lang] + [i for i in idx if not cache.shared[lang][i]])}
-        order = [at[i] for i in idx]  # back to the rows' order in idx
+        pos = {i: k for k, i in enumerate(follow[lang] + whole[lang])}
+        order = [pos[i] for i in idx]  # back to the rows' order in idx
         states[lang], refs[lang] = ({k: torch.cat([d[k] for d in ds])[order] for k in ("last", "mean")}
                                     for ds in ([s for s, _ in got[lang]], [r for _, r in got[lang]]))
     return states, refs

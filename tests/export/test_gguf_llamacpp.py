@@ -20,9 +20,15 @@ from tests.helpers import build_tiny_model
 
 pytest.importorskip("llama_cpp")
 
+LOADS = r"""
+import sys
+from llama_cpp import Llama
+Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, verbose=True)
+"""
 CHILD = r"""
 import json, sys
 import numpy
+import llama_cpp
 from llama_cpp import Llama
 for path in sys.argv[1:]:
     print("loading", path, file=sys.stderr, flush=True)
@@ -32,7 +38,7 @@ for path in sys.argv[1:]:
     llm.reset()
     ids = llm.tokenize("Why do cats purr?".encode())
     llm.eval(ids)
-    last = llm.scores[llm.n_tokens - 1]
+    last = numpy.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
     print(json.dumps({"path": path, "prompt_tokens": out["usage"]["prompt_tokens"],
                       "finite": bool(numpy.isfinite(last).all()) and bool(abs(last).max() > 0),
                       "text": out["choices"][0]["message"]["content"]}), flush=True)
@@ -50,6 +56,12 @@ def test_every_gguf_out_choice_runs_in_llamacpp(family, tmp_path):
         return built[name]
 
     _, source = _gguf_shaped(family_models, family, tmp_path)
+    # The tiny writer's file itself must be one llama.cpp reads, or the export cannot be judged (measured: the
+    # phi3 vocabulary, qwen3 without attention.key_length and qwen3moe's expert tensor names are not, today).
+    control = subprocess.run([sys.executable, "-c", LOADS, str(source)], capture_output=True, text=True, timeout=300)
+    if control.returncode != 0:
+        why = [ln for ln in control.stderr.splitlines() if "error loading model" in ln] or control.stderr.splitlines()[-1:]
+        pytest.skip(f"llama.cpp cannot read the tiny {family} source GGUF itself: {why[0].strip() if why else '?'}")
     model, _, _ = load_model(ModelConfig(gguf=str(source), device="cpu"))
     top = f"model.layers.{model.config.num_hidden_layers - 1}."
     changed = [n for n, _ in model.named_parameters() if n.startswith(top)]
@@ -59,7 +71,7 @@ def test_every_gguf_out_choice_runs_in_llamacpp(family, tmp_path):
         for n, p in model.named_parameters():
             if n in changed:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    files = [str(source)]
+    files = [str(source)]  # the source as a control beside each export
     for choice in TYPES:
         files.append(str(tmp_path / f"model-{choice}.gguf"))
         export_gguf(model, source, files[-1], changed, choice)
@@ -68,4 +80,5 @@ def test_every_gguf_out_choice_runs_in_llamacpp(family, tmp_path):
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["path"] for r in results] == files
     # each read its chat template and prompt, and gave finite, non-zero logits (random weights: any text will do)
-    assert all(r["prompt_tokens"] > 5 and r["finite"] for r in results), results
+    assert all(r["prompt_tokens"] > 5 and r["finite"] for r in results), \
+        [(r["path"].rsplit("/", 1)[-1], r["prompt_tokens"], r["finite"]) for r in results]

@@ -88,3 +88,27 @@ def test_type_rules(wanted, source_type):
     odd = tensor_type("blk.0.ffn_up.weight", (128, 48), source_type, wanted)
     assert odd == (Q.F32 if wanted == "f32" or (wanted == "source" and source_type == Q.F32) else
                    Q.BF16 if wanted == "source" and source_type == Q.BF16 else Q.F16)
+
+
+def test_real_moe_expert_tensor_names_find_their_parameter(tmp_path):
+    """llama.cpp names Qwen3-MoE's experts blk.N.ffn_gate_exps.weight; transformers' map has them without the suffix.
+    Without the lookup below, a changed expert tensor of a real file would be reported as absent from it."""
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS
+
+    from lensml.export.gguf import hf_name
+    from tests.helpers import build_tiny_model
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "moe", "qwen3_moe"), dtype=torch.float32)
+    processor = TENSOR_PROCESSORS["qwen3moe"](config=model.config.to_dict())
+    hf_of = get_gguf_hf_weights_map(model, processor, model_type="qwen3moe")
+    fused = "model.layers.1.mlp.experts.gate_up_proj"
+    assert hf_name(hf_of, "blk.1.ffn_gate_exps.weight") == hf_name(hf_of, "blk.1.ffn_up_exps.weight") == fused
+    assert hf_name(hf_of, "blk.1.ffn_down_exps.weight") == "model.layers.1.mlp.experts.down_proj"
+    assert hf_name(hf_of, "blk.1.ffn_norm.weight") == "model.layers.1.post_attention_layernorm.weight"
+    assert hf_name(hf_of, "blk.1.attn_norm.bias") is None  # no such parameter: still nothing
+    # and under its real name the fused tensor is split in llama.cpp's two halves, gate first
+    w = dict(model.named_parameters())[fused].detach().numpy()
+    gate = _to_gguf_layout("qwen3moe", "blk.1.ffn_gate_exps.weight", w, model.config)
+    up = _to_gguf_layout("qwen3moe", "blk.1.ffn_up_exps.weight", w, model.config)
+    assert gate.shape == up.shape == (w.shape[0], w.shape[1] // 2, w.shape[2])
+    assert np.array_equal(np.concatenate([gate, up], axis=1), w)

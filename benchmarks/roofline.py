@@ -35,6 +35,7 @@ included); its padding share is the row-steps spent on rows that had already sto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -49,7 +50,7 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed lensml first, else this checkout
 
-from roofline_meter import Meter, Phase  # noqa: E402
+from roofline_meter import Meter  # noqa: E402
 
 from lensml import methods  # noqa: E402
 from lensml.evaluation import quick  # noqa: E402
@@ -141,6 +142,21 @@ def rate_at(peak: dict, rows: float) -> float:
     return peak["rows"][ms[0]]["layer_mix"]
 
 
+class _MeteredStages(Stages):
+    """The recipe's stage timer, also telling the meter which stage runs (train_and_save times "train" and
+    "save" inside one call)."""
+
+    def __init__(self, meter: Meter):
+        super().__init__()
+        self.meter = meter
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        with super().__call__(name):
+            self.meter._switch(name)
+            yield
+
+
 class _Recorded:
     """quick.answer_prompts, recording what each call generated (the decode's useful tokens)."""
 
@@ -176,13 +192,9 @@ def run_config(args, langs: list[str], device: torch.device, loaded=None) -> tup
         with meter.stage("eval_base", split=True):
             start = TopBlock(model, cfg.train.start_layer).start
             before = quick.answer_before(model, tok, inputs.held_out, cfg.central, cfg.eval, start)
-        with tempfile.TemporaryDirectory(prefix="roofline-") as tmp:
-            stages = Stages()
-            with meter.stage("train"):
-                train_and_save(stages, method, model, tok, method_inputs(method, cfg, inputs, subspace, cache), cfg,
-                               name, RunDir(Path(tmp)))
-            meter.phases["train"].seconds -= stages.timings["save"]
-            meter.phases["save"] = Phase(seconds=stages.timings["save"])
+        with tempfile.TemporaryDirectory(prefix="roofline-") as tmp, meter.stage("train"):
+            train_and_save(_MeteredStages(meter), method, model, tok,
+                           method_inputs(method, cfg, inputs, subspace, cache), cfg, name, RunDir(Path(tmp)))
         with meter.stage("eval_enhanced", split=True):
             after = quick.answer_after(model, tok, before, cfg.eval, nll=method.answer_nll)
         with meter.stage("langid"):
@@ -297,11 +309,12 @@ def stage_rows(phases: dict, peak: dict) -> list[dict]:
         own = rate_at(peak, mean_rows) if mean_rows else None
         rows.append({"stage": name, "tokens": tokens, "padding_share": pad_share, "calls": p.calls,
                      "gflop": p.flops / 1e9, "attention_share": p.attention_flops / p.flops if p.flops else None,
-                     "seconds": p.seconds, "gflops": gflops,
+                     "seconds": p.seconds, "cpu_seconds": p.cpu_seconds, "gflops": gflops,
                      "share_of_peak": gflops / peak["peak"] if gflops else None,
                      "mean_matmul_rows": mean_rows, "peak_at_rows": own,
                      "share_of_peak_at_rows": gflops / own if gflops and own else None,
                      "s_per_1k_tokens": p.seconds / tokens * 1000 if tokens else None,
+                     "cpu_s_per_1k_tokens": p.cpu_seconds / tokens * 1000 if tokens else None,
                      "raw": p.to_dict()})
     return rows
 
@@ -312,8 +325,8 @@ def _fmt(v, spec: str) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| stage | tokens | padding | calls | GFLOP | s | GFLOP/s | % peak | rows/matmul | % peak at rows "
-            "| s / 1k tok |")
-    lines = [head, "|" + " --- |" * 11]
+            "| s / 1k tok | CPU s / 1k tok |")
+    lines = [head, "|" + " --- |" * 12]
     for r in rows:
         pad = _fmt(r["padding_share"] and 100 * r["padding_share"], ".1f")
         lines.append(f"| {r['stage']} | {r['tokens']} | {pad}% "
@@ -321,7 +334,7 @@ def table(rows: list[dict]) -> str:
                      f"| {_fmt(r['share_of_peak'] and 100 * r['share_of_peak'], '.0f')} "
                      f"| {_fmt(r['mean_matmul_rows'], '.0f')} "
                      f"| {_fmt(r['share_of_peak_at_rows'] and 100 * r['share_of_peak_at_rows'], '.0f')} "
-                     f"| {_fmt(r['s_per_1k_tokens'], '.3f')} |")
+                     f"| {_fmt(r['s_per_1k_tokens'], '.3f')} | {_fmt(r['cpu_s_per_1k_tokens'], '.3f')} |")
     return "\n".join(lines)
 
 
@@ -353,10 +366,14 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=None, help="probe and training prompts per language (default: all)")
     ap.add_argument("--eval-samples", type=int, default=None, help="held-out prompts per language (default: all)")
     ap.add_argument("--peak-seconds", type=float, default=0.25, help="time per trial of each matmul shape (3 trials)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's, all cores); 1 on a shared machine makes CPU seconds the work")
     ap.add_argument("--no-cross-check", action="store_true", help="skip the FlopCounterMode cross-check")
     ap.add_argument("--json", default=None, help="write every number here")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine(device)
     print(f"machine: {info.get('gpu') or info['cpu']}, {info['cores']} cores, torch {info['torch']} "
           f"({info['torch_threads']} threads); load {info['loadavg_start']}")

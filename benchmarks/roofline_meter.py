@@ -40,6 +40,7 @@ class Phase:
     linear_calls: int = 0     # nn.Linear calls, and the rows they were given (the mean matmul M)
     linear_rows: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time (all threads): on a shared machine, the work done
     tokens_out: int | None = None  # decode: the answers' tokens (stop tokens included)
 
     @property
@@ -63,7 +64,7 @@ class Meter:
         self.split = False
         self.phase: str | None = None
         self.depth = 0
-        self.mark = 0.0
+        self.mark = self.cpu_mark = 0.0
         self._pending_real: list[torch.Tensor] = []
         self.handles = []
         head = model.get_output_embeddings()
@@ -105,10 +106,12 @@ class Meter:
         if phase == self.phase:
             return
         self._flush()
-        t = self._now()
+        t, c = self._now(), time.process_time()
         if self.phase is not None:
-            self.phases.setdefault(self.phase, Phase()).seconds += t - self.mark
-        self.phase, self.mark = phase, t
+            ph = self.phases.setdefault(self.phase, Phase())
+            ph.seconds += t - self.mark
+            ph.cpu_seconds += c - self.cpu_mark
+        self.phase, self.mark, self.cpu_mark = phase, t, c
 
     @property
     def current(self) -> Phase:
@@ -192,14 +195,13 @@ class Meter:
     def stage(self, name: str, split: bool = False):
         """Count everything that runs inside as stage `name` (or its prefill/decode/nll phases)."""
         self.stage_name, self.split, self.depth = name, split, 0
-        self.phase, self.mark = None, 0.0
+        self.phase = None
         self._switch(f"{name}/prefill" if split else name)
         try:
             yield self
         finally:
-            self._flush()
-            t = self._now()
-            self.phases.setdefault(self.phase, Phase()).seconds += t - self.mark
+            self._switch("")  # closes the last phase's interval
+            self.phases.pop("", None)
             self.stage_name, self.phase = None, None
 
     def take(self, prefix: str) -> dict[str, Phase]:

@@ -100,20 +100,18 @@ def set_path(cfg, dotted: str, value) -> None:
     setattr(obj, leaf, coerce(value, hints[leaf], dotted))
 
 
-def _flatten(doc: dict, prefix: str = "") -> dict:
+def flat_options(doc: dict, prefix: str = "") -> dict:
+    """A nested mapping of options (a YAML file's, a manifest's config, a sweep grid) as dotted name -> value;
+    `lambdas` is one option whose value is a mapping (language -> lambda), so it stays whole, also when its key
+    is written dotted (`train.loss.lambdas: {zh: 1}`, as sweep grids do)."""
     flat = {}
     for k, v in doc.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and k not in ("lambdas",):
-            flat.update(_flatten(v, key + "."))
+        if isinstance(v, dict) and not key.endswith("lambdas"):
+            flat.update(flat_options(v, key + "."))
         else:
             flat[key] = v
     return flat
-
-
-def flat_options(doc: dict) -> dict:
-    """A nested mapping of options (a YAML file's, a manifest's config) as dotted name -> value."""
-    return _flatten(doc)
 
 
 def read_yaml(path: str) -> dict:
@@ -147,7 +145,7 @@ def _construct(cls, values: dict):
 
 def load_config(path: str | None, overrides: dict[str, object], cls):
     """Defaults, then the YAML file, then command-line overrides; validated as a whole."""
-    flat = _flatten(read_yaml(path)) if path else {}
+    flat = flat_options(read_yaml(path)) if path else {}
     flat.update(overrides)
     scratch = _unvalidated(cls)
     for k, v in flat.items():

@@ -33,13 +33,17 @@ _last_line = [0.0]  # time.monotonic() of the last progress line written, by a b
 
 def progress(*args, **kwargs):
     """tqdm on a terminal; off one, a LoggedBar (a line every LOG_EVERY_S); hidden on non-main processes."""
-    if distributed.is_distributed() and not distributed.is_main():
-        kwargs["disable"] = True
-    elif os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+    if silenced():
         kwargs["disable"] = True
     if kwargs.get("disable") or on_terminal(kwargs.get("file")):
         return tqdm(*args, **kwargs)
     return LoggedBar(*args, **kwargs)
+
+
+def silenced() -> bool:
+    """No progress at all from this process: a non-main data-parallel process, or TQDM_DISABLE=1 (tqdm's own)."""
+    return ((distributed.is_distributed() and not distributed.is_main())
+            or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"))
 
 
 def on_terminal(stream=None) -> bool:
@@ -170,9 +174,7 @@ def heartbeat(desc: str, every: float | None = None) -> Iterator[None]:
     """Off a terminal, a line every LOG_EVERY_S seconds while the block runs ("eval_enhanced: running, 40 s"),
     when no bar has written one meanwhile: work without a bar of its own (generation, saving) is not silent
     for minutes in a log. Nothing on a terminal, on non-main processes, or with TQDM_DISABLE=1."""
-    quiet = (on_terminal() or (distributed.is_distributed() and not distributed.is_main())
-             or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"))
-    if quiet:
+    if on_terminal() or silenced():
         yield
         return
     every = every if every is not None else LOG_EVERY_S

@@ -171,3 +171,16 @@ def write_parallel_data(path: Path, langs=("en", "zh", "sw"), repeat: int = 3, r
                     row["responses"] = {lang: RESPONSES[lang][i] for lang in langs}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+def assert_caches_match(cache, reference, langs, exact: bool = False, label: tuple = ()) -> None:
+    """Every stored tensor of a reference cache (start-layer inputs, last and mean final states) equals the
+    other cache's: bit for bit when exact, else the same shape and equal within 1e-5."""
+    for lang in langs:
+        for store in ("hidden", "last", "mean"):
+            for a, b in zip(getattr(cache, store)[lang], getattr(reference, store)[lang]):
+                if exact:
+                    assert torch.equal(a, b), (*label, lang, store)
+                else:
+                    assert a.shape == b.shape, (*label, lang, store)
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

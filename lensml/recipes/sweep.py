@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from lensml import distributed, methods
-from lensml.config import coerce, iter_fields, to_dict
+from lensml.config import coerce, flat_options, iter_fields, to_dict
 from lensml.errors import LensError
 from lensml.evaluation import quick
 from lensml.io import staged_dir
@@ -116,17 +116,6 @@ def parse_grid(text: str) -> list[Setting]:
     return axis(name, [p.strip() for p in parts if p.strip()])
 
 
-def _flatten(doc: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in doc.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and not dotted.endswith("lambdas"):
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def read_grid_file(path: str) -> list[list[Setting]]:
     """YAML: a mapping of dotted name -> list of values (a cartesian product), or a list of settings dicts."""
     p = Path(path)
@@ -137,9 +126,9 @@ def read_grid_file(path: str) -> list[list[Setting]]:
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         raise LensError(f"grid file {p} is not valid UTF-8 YAML: {str(err).splitlines()[0]}") from err
     if isinstance(doc, dict) and doc:
-        return [axis(k, v if isinstance(v, list) else [v]) for k, v in _flatten(doc).items()]
+        return [axis(k, v if isinstance(v, list) else [v]) for k, v in flat_options(doc).items()]
     if isinstance(doc, list) and doc and all(isinstance(s, dict) for s in doc):
-        settings = [combine([axis(k, [v]) for k, v in _flatten(s).items()])[0] for s in doc]
+        settings = [combine([axis(k, [v]) for k, v in flat_options(s).items()])[0] for s in doc]
         return [settings]
     raise LensError(f"grid file {p} must be a mapping of option -> list of values, or a list of settings "
                     f"(see configs/sweep_example.yaml)")

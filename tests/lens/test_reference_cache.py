@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lensml.runtime.models import ModelConfig, load_model
+from tests.helpers import assert_caches_match
 
 
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma3"])
@@ -28,10 +29,7 @@ def test_one_pass_equals_two_passes(arch, parallel_data, request):
     one_sub = probe(model, tok, texts, "en", pcfg, cache=one_cache)
     assert one_cache.complete and one_cache.as_tuple == two_cache.as_tuple and one_cache.start == two_cache.start
     assert torch.equal(one_sub.means, two_sub.means) and torch.equal(one_sub.specific, two_sub.specific)
-    for lang in langs:
-        for store in ("hidden", "last", "mean"):
-            for a, b in zip(getattr(one_cache, store)[lang], getattr(two_cache, store)[lang]):
-                assert torch.equal(a, b), (lang, store)
+    assert_caches_match(one_cache, two_cache, langs, exact=True)
 
 
 def test_one_pass_fills_the_caches_of_several_start_layers(tiny_llama, parallel_data):
@@ -50,9 +48,6 @@ def test_one_pass_fills_the_caches_of_several_start_layers(tiny_llama, parallel_
     for cache, cfg in zip(together, cfgs):
         alone = build_cache(model, tok, rows, langs, "en", replace(cfg))
         assert cache.start == alone.start and cache.as_tuple == alone.as_tuple and cache.complete
-        for lang in langs:
-            for store in ("hidden", "last", "mean"):
-                for a, b in zip(getattr(cache, store)[lang], getattr(alone, store)[lang]):
-                    assert torch.equal(a, b), (cfg.start_layer, lang, store)
+        assert_caches_match(cache, alone, langs, exact=True, label=(cfg.start_layer,))
     with pytest.raises(ValueError, match="same prompts"):
         fill_caches(model, [together[0], empty_cache(model, tok, rows[:3], langs, "en", cfgs[0])], 16)

@@ -19,6 +19,7 @@ from lensml.runtime.shared_prefix import (
     template_prefix_length,
 )
 from lensml.runtime.templating import encode_prompts, length_sorted_batches
+from tests.helpers import assert_caches_match
 
 CUT = [9, 8, 7, 6, 5]  # a sequence that lost the opening the others share
 SEQS = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7, 7], CUT, [1, 2, 3, 4, 5, 8]]
@@ -106,11 +107,7 @@ def test_probe_and_cache_of_cut_prompts_equal_whole_prompts(arch, parallel_data)
     reference = empty_cache(model, tok, rows, langs, "en", tcfg).fill(TopBlock(model, -2), 4, share_prefix=False)
     two_pass = build_cache(model, tok, rows, langs, "en", tcfg)
     for cache in (one_pass, two_pass):
-        for lang in langs:
-            for store in ("hidden", "last", "mean"):
-                for a, b in zip(getattr(cache, store)[lang], getattr(reference, store)[lang]):
-                    assert a.shape == b.shape, (lang, store)
-                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert_caches_match(cache, reference, langs)
 
 
 def test_training_on_cut_prompts_with_the_prefix_equals_whole_prompts(arch, parallel_data):

@@ -6,6 +6,7 @@ import torch
 from lensml.runtime.models import ModelConfig, load_model
 from lensml.runtime.shared_prefix import common_prefix_length, split
 from lensml.runtime.templating import encode_prompts
+from tests.helpers import assert_caches_match
 
 PROMPTS = ["Why do cats purr?", "Describe a rainy morning in two sentences.", "什么是质数？", "Name a planet."]
 
@@ -76,11 +77,7 @@ def test_probe_and_cache_with_a_shared_prefix_equal_whole_prompts(arch, parallel
     reference = empty_cache(model, tok, rows, langs, "en", tcfg).fill(TopBlock(model, -2), 4, share_prefix=False)
     two_pass = build_cache(model, tok, rows, langs, "en", tcfg)
     for cache in (one_pass, two_pass):
-        for lang in langs:
-            for store in ("hidden", "last", "mean"):
-                for a, b in zip(getattr(cache, store)[lang], getattr(reference, store)[lang]):
-                    assert a.shape == b.shape, (lang, store)
-                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert_caches_match(cache, reference, langs)
 
 
 def test_generation_and_nll_with_a_shared_prefix_equal_whole_prompts(arch):

@@ -67,3 +67,28 @@ def test_models_loaded_on_demand_give_the_preloaded_answers():
     expected = [lang.iso_code_639_1.name.lower() if (lang := preloaded.detect_language_of(t)) else "" for t in texts]
     assert ident.batch(texts) == expected
     assert {"es", "pt", "de", "ru", "tr"} <= set(expected)  # languages no run here trains were candidates
+
+
+def test_scripts_are_preloaded_once_and_only_those_the_texts_use(monkeypatch):
+    """lingua's models for a shared script load in parallel before the first text needs them (preload_scripts):
+    only for scripts present, once per process, and the answers are the detector's own."""
+    monkeypatch.setattr(langid, "_preloaded", set())
+    assert langid.preload_scripts(["今天天气很好。", "오늘은 날씨가 좋다."]) == []  # no shared script: nothing loads
+    assert langid.preload_scripts(["今天天气很好。", "The weather is lovely today."]) == ["latin"]
+    assert langid.preload_scripts(["Another English sentence, with more words."]) == []  # already loaded
+    assert langid.preload_scripts(["Привет, как дела?", "الطقس جميل جدا اليوم"]) == ["cyrillic", "arabic"]
+    assert LanguageIdentifier().batch(["The weather is lovely today, so we walk.", "Привет, как дела у тебя?"]) == \
+        ["en", "ru"]
+
+
+def test_batch_preloads_for_lingua_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(langid, "preload_scripts", lambda texts: calls.append(list(texts)))
+    monkeypatch.setattr(langid, "_detector", lambda backend, path: type("Fake", (), {
+        "predict": lambda self, text: (["__label__eng_Latn"], [0.9])})())
+    LanguageIdentifier("glotlid", "model.bin").batch(["Hello there"])
+    assert calls == []
+    monkeypatch.undo()
+    monkeypatch.setattr(langid, "preload_scripts", lambda texts: calls.append(list(texts)))
+    assert LanguageIdentifier().batch(["The weather is lovely today, so we walk."]) == ["en"]
+    assert calls == [["The weather is lovely today, so we walk."]]

@@ -86,7 +86,7 @@ def write_gguf(directory: Path, target: Path, matrices: Q = Q.F32) -> Path:
     w.add_rope_freq_base(rope.get("rope_theta", 10000.0))
     w.add_rope_dimension_count(head_dim)
     extra: dict[str, np.ndarray] = {}
-    if arch in ("gemma2", "gemma3", "qwen3moe"):
+    if arch in ("gemma2", "gemma3", "qwen3", "qwen3moe"):  # convert_hf_to_gguf.py writes a config's head_dim
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     if arch in ("gemma2", "gemma3"):

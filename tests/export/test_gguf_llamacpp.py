@@ -57,8 +57,9 @@ def test_every_gguf_out_choice_runs_in_llamacpp(family, tmp_path):
 
     _, source = _gguf_shaped(family_models, family, tmp_path)
     # The tiny writer's file itself must be one llama.cpp reads, or the export cannot be judged: then the skip
-    # is the fixture's limit, not lensml's. Two families, measured: the tiny phi3 file carries a byte-level BPE
-    # vocabulary where llama.cpp's phi3 loader expects SentencePiece's, and the tiny qwen3moe file names expert
+    # is the fixture's limit, not lensml's. Two families, measured: llama.cpp's vocabulary loader fails on the tiny
+    # phi3 file's byte-level BPE vocabulary (unordered_map::at; real Phi-3 files carry SentencePiece's, which the
+    # tiny writer does not write: cause not traced further), and the tiny qwen3moe file names expert
     # tensors as transformers' map does (no ".weight"), which transformers' GGUF loader needs to read it back for
     # the family tests; lensml's export of real files with the suffix is tested in test_gguf_types.py.
     control = subprocess.run([sys.executable, "-c", LOADS, str(source)], capture_output=True, text=True, timeout=300)

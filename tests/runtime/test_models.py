@@ -202,6 +202,28 @@ def test_reading_once_parses_a_gguf_file_once_and_restores_gguf(tmp_path):
     assert gguf.GGUFReader(str(path)) is not gguf.GGUFReader(str(path))
 
 
+def test_array_reader_reads_what_gguf_py_reads_without_memmap_slices():
+    """The faster reader of reading_once() parses SmolLM2's real file to the same fields and tensors."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from lensml.runtime.gguf_read import ArrayReader
+
+    path = str(packaged_gguf("smollm2-135m-instruct"))
+    plain, fast = GGUFReader(path), ArrayReader(path)
+    assert type(fast.data) is np.ndarray and not fast.data.flags.writeable  # a read-only view of the map
+    assert list(plain.fields) == list(fast.fields)
+    for name, field in plain.fields.items():
+        other = fast.fields[name]
+        assert (field.offset, field.types, field.data) == (other.offset, other.types, other.data), name
+        assert all(np.array_equal(a, b) for a, b in zip(field.parts, other.parts)), name
+    assert fast.fields["tokenizer.ggml.tokens"].contents()[:50] == plain.fields["tokenizer.ggml.tokens"].contents()[:50]
+    assert [t.name for t in plain.tensors] == [t.name for t in fast.tensors]
+    for a, b in zip(plain.tensors, fast.tensors):
+        assert (a.tensor_type, a.data_offset) == (b.tensor_type, b.data_offset)
+        assert np.array_equal(a.data, b.data), a.name
+
+
 def test_steady_attention_leaves_cpu_models_alone(tiny_llama):
     """cuDNN attention is turned off only for a model on CUDA (it re-plans per sequence shape there)."""
     import lensml.runtime.models as models

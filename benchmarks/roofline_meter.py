@@ -51,10 +51,18 @@ class Phase:
         return {**asdict(self), "flops": self.flops}
 
 
+def _past(kwargs: dict):
+    """The cache a forward was given, under either of transformers' names."""
+    past = kwargs.get("past_key_values")
+    return past if past is not None else kwargs.get("cache")
+
+
 class Meter:
     """Counts per phase for one model; `stage(name, split=True)` splits an evaluation into prefill,
     decode and nll by what each outermost forward is (a one-token model call is a decode step; a decoder
-    call with token ids a prefill; one with cached states, or the LM head alone, the NLL's top block)."""
+    call with token ids a prefill, and so is one with cached states and a past: the top block run over a
+    kept prefill, lensml.runtime.prefill_store; one with cached states and no past, or the LM head alone,
+    the NLL's top block)."""
 
     def __init__(self, model):
         self.model, self.decoder = model, decoder_of(model)
@@ -127,7 +135,7 @@ class Meter:
         if outer and self.split:
             if kind == "model" and ids is not None and ids.shape[-1] == 1:
                 self._switch(f"{self.stage_name}/decode")
-            elif kind == "decoder" and embeds is None:
+            elif kind == "decoder" and (embeds is None or _past(kwargs) is not None):
                 self._switch(f"{self.stage_name}/prefill")
             else:
                 self._switch(f"{self.stage_name}/nll")

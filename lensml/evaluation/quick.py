@@ -29,6 +29,7 @@ from lensml.runtime.decoding import Generation
 from lensml.runtime.generation import MAX_PROMPT_TOKENS, answer_nll, answer_nll_from_states, generate, own_nll
 from lensml.runtime.langid import LanguageIdentifier
 from lensml.runtime.models import cache_dir, decoder_of
+from lensml.runtime.prefill_store import PrefillStore
 from lensml.runtime.templating import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ class QuickEvalConfig:
     reuse_base: bool = field(default=True, metadata={
         "help": "reuse the base model's answers from an earlier run when the weights (by hash), tokenizer template, "
                 "prompts and decoding are identical ($LENSML_CACHE/answers); comparing methods then evaluates the base once"})
+    reuse_prefill: bool = field(default=True, metadata={
+        "help": "keep the base model's prompt prefill (lower layers' keys and values, held on the host) so that a "
+                "model trained only from its start layer up prefills the same prompts with its top layers alone "
+                "(same answers; lensml.runtime.prefill_store)"})
 
     def __post_init__(self):
         for name in ("max_new_tokens", "batch_size"):
@@ -59,12 +64,14 @@ class QuickEvalConfig:
 
 
 def answer_prompts(model, tokenizer, prompts: dict[str, list[str]], cfg: QuickEvalConfig, tag: str,
-                   capture: int | None = None) -> tuple[dict[str, list[str]], dict[str, list[Generation]]]:
+                   capture: int | None = None, keep: PrefillStore | None = None,
+                   reuse: PrefillStore | None = None) -> tuple[dict[str, list[str]], dict[str, list[Generation]]]:
     """Every language's prompts in one greedy decode (length-sorted batches across languages: a
-    decode step's matrix products run faster on more rows); texts and tokens per language."""
+    decode step's matrix products run faster on more rows); texts and tokens per language.
+    keep/reuse: a prompt prefill to record or to serve from (lensml.runtime.decoding.greedy)."""
     flat = [p for ps in prompts.values() for p in ps]
     texts, gens = generate(model, tokenizer, flat, cfg.max_new_tokens, cfg.batch_size, desc=f"{tag} answers",
-                           capture=capture)
+                           capture=capture, keep=keep, reuse=reuse)
     out_texts, out_gens, at = {}, {}, 0
     for lang, ps in prompts.items():
         out_texts[lang], out_gens[lang] = texts[at:at + len(ps)], gens[at:at + len(ps)]
@@ -119,6 +126,7 @@ class Answers:
     start: int | None = None
     central_states: list[torch.Tensor] | None = None
     lower: str | None = None
+    prefill: PrefillStore | None = field(default=None, repr=False, compare=False)  # in memory only, never saved
 
 
 def lower_digest(model, start: int) -> str:
@@ -219,12 +227,14 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
         log.info("base answers reused from %s (same weights, template, prompts and decoding)", path)
         return Answers(prompts, central, doc["answers"], doc["central_nll"], doc["central_ids"], start,
                        *(kept or (None, None)))
-    answers, gens = answer_prompts(model, tokenizer, prompts, cfg, "base", capture=start)
+    store = PrefillStore(start) if cfg.reuse_prefill and start is not None and start > 0 else None
+    answers, gens = answer_prompts(model, tokenizer, prompts, cfg, "base", capture=start, keep=store)
     states = [g.states for g in gens[central]] if start is not None else None
     if states is not None and any(s is None for s in states):
         states = None  # the generate() path (hooked models) records none
     result = Answers(prompts, central, answers, own_nll(gens[central]), [g.ids for g in gens[central]], start,
-                     states, lower_digest(model, start) if states is not None else None)
+                     states, lower_digest(model, start) if states is not None else None,
+                     store if store is not None and len(store) and states is not None else None)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,10 +253,12 @@ def answer_after(model, tokenizer, before: Answers, cfg: QuickEvalConfig, nll=No
     nll(model, tokenizer, prompts, answer_ids) replaces the plain teacher-forced NLL for a method whose
     effect that forward cannot see (steering: lensml.methods.base.Method.answer_nll); None keeps it.
     """
-    answers, gens = answer_prompts(model, tokenizer, before.prompts, cfg, "enhanced")
+    same_lower = before.lower is not None and lower_digest(model, before.start) == before.lower
+    reuse = before.prefill if same_lower and cfg.reuse_prefill else None
+    answers, gens = answer_prompts(model, tokenizer, before.prompts, cfg, "enhanced", reuse=reuse)
     c = before.central
     value = nll(model, tokenizer, before.prompts[c], before.central_ids) if nll is not None else None
-    if value is None and before.central_states is not None and lower_digest(model, before.start) == before.lower:
+    if value is None and before.central_states is not None and same_lower:
         prompt_ids = encode_prompts(tokenizer, before.prompts[c], MAX_PROMPT_TOKENS)
         value = answer_nll_from_states(model, before.start, prompt_ids, before.central_ids, before.central_states)
     if value is None:

@@ -180,7 +180,8 @@ class Checkpoints:
     def save_answers(self, answers: Answers) -> None:
         if self.folder is None:
             return
-        doc = {f.name: getattr(answers, f.name) for f in dataclasses.fields(Answers) if f.name != "central_states"}
+        doc = {f.name: getattr(answers, f.name) for f in dataclasses.fields(Answers)
+               if f.name not in ("central_states", "prefill")}  # the prefill store lives in memory only
         states = answers.central_states
         if states:  # None: none captured (answer_after then runs the whole model); never an empty list
             path = self._file("base_states.safetensors")

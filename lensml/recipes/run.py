@@ -109,6 +109,7 @@ def run(cfg: RunConfig, resume: bool = False) -> RunReport | None:
         if do_eval:
             with stages("eval_enhanced"):
                 after = quick.answer_after(model, tok, before, cfg.eval, nll=method.answer_nll)
+                before.prefill = None  # the kept prompt prefill (host memory) has served its one use
                 quick_eval, rows = quick.compare(before, after, cfg.eval)
             write_jsonl_atomic(run_dir.answers, rows)
         if do_bench:

@@ -28,6 +28,7 @@ from transformers.cache_utils import StaticLayer
 from lensml.progress import progress as tqdm
 from lensml.runtime import known_hooks
 from lensml.runtime.models import decoder_of, input_device
+from lensml.runtime.prefill_store import PrefillStore
 from lensml.runtime.shared_prefix import fits_window, output_cache, past_kwargs, run_prefix, shareable, split
 from lensml.runtime.templating import length_sorted_batches, pad
 from lensml.runtime.topblock import TopBlock
@@ -68,34 +69,59 @@ def chunk_plan(lengths: list[int], overhead: int = CHUNK_OVERHEAD) -> list[list[
 @torch.no_grad()
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int,
            batch_size: int = 16, share_prefix: bool = True, desc: str = "generate",
-           capture: int | None = None) -> list[Generation]:
+           capture: int | None = None, keep: PrefillStore | None = None,
+           reuse: PrefillStore | None = None) -> list[Generation]:
     """Greedy answers to templated prompt ids, in order; batches are length-sorted.
 
     capture=layer records that decoder layer's inputs for every position an answer's NLL reads
     (Generation.states; not on the generate() path, where they stay None).
+    keep: a PrefillStore that records this model's prompt prefill (lensml.runtime.prefill_store);
+    reuse: one filled by a model equal to this one below its start layer, whose prefill then runs
+    only this model's layers from there up. Neither is used on the generate() path.
     """
     if not prompts:
         return []
+    if keep is not None and (reuse is not None or capture not in (None, keep.start)):
+        raise ValueError("a prefill store records its own start layer's inputs: no other capture, and no reuse")
+    if reuse is not None and capture is not None:
+        raise ValueError("a reused prefill does not run the lower layers, so it cannot capture their outputs")
     steering = known_hooks.known_only(model)
     if steering is None or not fits_window(model, max(len(p) for p in prompts) + max_new_tokens):
         return _with_generate(model, prompts, max_new_tokens, stop_ids, pad_id, batch_size, desc)
+    layer = capture if capture is not None else keep.start if keep is not None else None
     with ExitStack() as stack:
         # cap["h"]: the captured layer's input in the latest forward (TopBlock.capturing)
-        cap = stack.enter_context(TopBlock(model, capture).capturing()) if capture is not None else None
+        block = TopBlock(model, layer) if layer is not None else None
+        cap = stack.enter_context(block.capturing()) if block is not None else None
         pre, tails, head_states = None, prompts, None
         if shareable(model, prompts, share_prefix, max_new_tokens):
             head, tails = split(prompts)
             if head:
-                with _paused(steering):
-                    pre = run_prefix(decoder_of(model), head, input_device(model))[0]
-                head_states = cap["h"][0] if cap is not None else None
+                pre = reuse.prefix(model, head) if reuse is not None else None
+                if pre is None:
+                    with _paused(steering):
+                        pre = run_prefix(decoder_of(model), head, input_device(model))[0]
+                    head_states = cap["h"][0] if cap is not None else None
+                    if keep is not None:
+                        keep.keep_prefix(pre, cap["h"], block.as_tuple)
+        prefill = _Prefill(cap, keep, reuse, block)
         out: list[Generation | None] = [None] * len(prompts)
         for idx in tqdm(length_sorted_batches([len(t) for t in tails], batch_size), desc=desc, leave=False):
-            gens = _decode(model, pre, [tails[i] for i in idx], max_new_tokens, stop_ids, pad_id, cap, head_states,
-                           steering)
+            gens = _decode(model, pre, [tails[i] for i in idx], max_new_tokens, stop_ids, pad_id, prefill,
+                           head_states if capture is not None else None, steering, capture is not None)
             for i, g in zip(idx, gens):
                 out[i] = g
     return out
+
+
+@dataclass
+class _Prefill:
+    """How a decode's prompts are prefilled: captured layer inputs (cap), and a store to fill or to serve from."""
+
+    cap: dict | None = None
+    keep: PrefillStore | None = None
+    reuse: PrefillStore | None = None
+    block: TopBlock | None = None
 
 
 @contextmanager
@@ -109,10 +135,11 @@ def _paused(handles):
 
 
 def _decode(model, pre, tails: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int,
-            cap: dict | None = None, head_states: torch.Tensor | None = None, steering=()):
+            prefill: _Prefill, head_states: torch.Tensor | None = None, steering=(), states: bool = False):
     device = input_device(model)
     with _paused(steering):
-        cache, mask, filled, prompt_states = _prefilled(model, pre, tails, pad_id, max_new_tokens, cap)
+        cache, mask, filled, prompt_states = _prefilled(model, pre, tails, pad_id, max_new_tokens, prefill)
+    cap = prefill.cap if states else None
     for h in steering:
         h.restart()  # the languages of this batch are read off its prompts' last tokens at step 0
     rows = len(tails)
@@ -152,14 +179,17 @@ def _answers(tokens: list[list[int]], logps: list[list[float]], stop_ids: list[i
     return out
 
 
-def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: int, cap: dict | None = None):
+def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: int, prefill: _Prefill | None = None):
     """A cache holding the prefix and every prompt but its last token, left-padded to one width.
 
     Returns (cache, attention mask with room for the new tokens, filled slots, each row's captured
-    layer inputs at those prompt tokens (None without cap)). Prompts run in
+    layer inputs at those prompt tokens (None without prefill.cap)). Prompts run in
     chunks of similar length (chunk_plan); each chunk's keys and values, already rotated for
-    their positions, are copied to the right end of their rows.
+    their positions, are copied to the right end of their rows. A chunk prefill.reuse kept runs
+    only its top layers; prefill.keep records each chunk that runs whole.
     """
+    prefill = prefill or _Prefill()
+    cap = prefill.cap
     device, decoder = input_device(model), decoder_of(model)
     p = len(pre) if pre is not None else 0
     heads = [t[:-1] for t in tails]
@@ -172,7 +202,7 @@ def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: 
         weight = model.get_input_embeddings().weight
         states = [weight.new_zeros(0, weight.shape[1]) for _ in heads]
     if pre is not None:
-        keys, values = _layer_tensors(pre.cache, rows, filled)
+        keys, values = _layer_tensors(_kv(pre.cache), rows, filled)
         for k, v, (pk, pv) in zip(keys, values, _kv(pre.cache)):
             k[:, :, :p], v[:, :, :p] = pk, pv
     for chunk in chunk_plan([len(h) for h in heads]) if width else []:
@@ -181,20 +211,25 @@ def _prefilled(model, pre, tails: list[list[int]], pad_id: int, max_new_tokens: 
             continue
         part = [heads[i] for i in chunk]
         batch = (pre.batch(part, pad_id) if pre is not None else pad(part, pad_id)).to(device)
-        past = pre.past(len(chunk)) if pre is not None else None
-        out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                      use_cache=True, **past_kwargs(decoder, past))
-        got = output_cache(out)
-        if cap is not None:
-            x = cap["h"]
-            for row, i in enumerate(chunk):
-                states[i] = x[row, x.shape[1] - len(heads[i]):]
+        got = prefill.reuse.chunk(model, pre, part, batch) if prefill.reuse is not None else None
+        if got is None:
+            past = pre.past(len(chunk)) if pre is not None else None
+            out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids, use_cache=True, **past_kwargs(decoder, past))
+            got = [(k[:, :, -w:], v[:, :, -w:]) for k, v in _kv(output_cache(out))]
+            if cap is not None:
+                x = cap["h"]
+                for row, i in enumerate(chunk):
+                    states[i] = x[row, x.shape[1] - len(heads[i]):]
+            if prefill.keep is not None:
+                prefill.keep.keep_chunk(pre.ids if pre is not None else None, part, got, cap["h"],
+                                        prefill.block.as_tuple)
         if keys is None:
             keys, values = _layer_tensors(got, rows, filled)
         sel = torch.tensor(chunk, device=device)
-        for k, v, (ck, cv) in zip(keys, values, _kv(got)):
+        for k, v, (ck, cv) in zip(keys, values, got):
             at = sel.to(k.device)  # under a device_map each layer's cache lives on that layer's device
-            k[at, :, filled - w:], v[at, :, filled - w:] = ck[:, :, -w:], cv[:, :, -w:]
+            k[at, :, filled - w:], v[at, :, filled - w:] = ck.to(k.device), cv.to(k.device)
     mask = torch.zeros(rows, filled + max_new_tokens, dtype=torch.long, device=device)
     mask[:, :p] = 1
     for r, h in enumerate(heads):
@@ -209,10 +244,10 @@ def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _layer_tensors(cache, rows: int, length: int):
-    """Zeroed (rows, heads, length, dim) key and value tensors shaped like each layer of cache."""
-    keys = [torch.zeros(rows, k.shape[1], length, k.shape[3], dtype=k.dtype, device=k.device) for k, _ in _kv(cache)]
-    values = [torch.zeros(rows, v.shape[1], length, v.shape[3], dtype=v.dtype, device=v.device) for _, v in _kv(cache)]
+def _layer_tensors(kv: list[tuple[torch.Tensor, torch.Tensor]], rows: int, length: int):
+    """Zeroed (rows, heads, length, dim) key and value tensors shaped like each layer's (keys, values) in kv."""
+    keys = [torch.zeros(rows, k.shape[1], length, k.shape[3], dtype=k.dtype, device=k.device) for k, _ in kv]
+    values = [torch.zeros(rows, v.shape[1], length, v.shape[3], dtype=v.dtype, device=v.device) for _, v in kv]
     return keys, values
 
 

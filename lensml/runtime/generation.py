@@ -10,6 +10,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from lensml.runtime.decoding import Generation, greedy
 from lensml.runtime.models import decoder_of, input_device
+from lensml.runtime.prefill_store import PrefillStore
 from lensml.runtime.shared_prefix import batch_for, hooked, past_kwargs, run_prefix, shareable, split
 from lensml.runtime.templating import length_sorted_batches, pad, render, tokenize_rendered
 from lensml.runtime.topblock import TopBlock
@@ -30,16 +31,17 @@ MAX_PROMPT_TOKENS = 512  # prompts are cut from the left to this many tokens
 
 def generate(model, tokenizer, conversations: list[list[dict] | str], max_new_tokens: int = 64,
              batch_size: int = 16, max_length: int = MAX_PROMPT_TOKENS, system: str | None = None,
-             desc: str = "generate", share_prefix: bool = True,
-             capture: int | None = None) -> tuple[list[str], list[Generation]]:
+             desc: str = "generate", share_prefix: bool = True, capture: int | None = None,
+             keep: PrefillStore | None = None, reuse: PrefillStore | None = None) -> tuple[list[str], list[Generation]]:
     """Greedy answers to user prompts (or whole conversations ending in a user turn): their texts,
-    and their tokens with log-probabilities (lensml.runtime.decoding; capture: see greedy).
+    and their tokens with log-probabilities (lensml.runtime.decoding; capture, keep, reuse: see greedy).
 
     A batched answer is the answer the prompt would get alone (left padding, explicit positions).
     """
     ids = [tokenize_rendered(tokenizer, render(tokenizer, c, system), max_length) for c in conversations]
     stops = _stop_ids(model, tokenizer)
-    out = greedy(model, ids, max_new_tokens, stops, tokenizer.pad_token_id, batch_size, share_prefix, desc, capture)
+    out = greedy(model, ids, max_new_tokens, stops, tokenizer.pad_token_id, batch_size, share_prefix, desc, capture,
+                 keep, reuse)
     texts = [decode_answer(tokenizer, g.ids, cut=not g.stopped and len(g.ids) >= max_new_tokens) for g in out]
     return texts, out
 

@@ -119,11 +119,12 @@ class TopBlock:
         ones = torch.ones(1, n, dtype=torch.long, device=device)
         head_cache = DynamicCache(config=self.decoder.config)
         head_final = self.forward(Batch(ones * 0, ones, torch.arange(n, device=device)[None]), head_hidden, head_cache)
-        return head_final, [self.forward(b, h, self._past(head_cache, h.shape[0], n, head_hidden)) for b, h in parts]
+        return head_final, [self.forward(b, h, self.past_after(head_cache, h.shape[0], n, head_hidden)) for b, h in parts]
 
-    def _past(self, head_cache, rows: int, n: int, like: torch.Tensor):
-        """The prefix's keys and values for `rows` prompts. The skipped layers get placeholders that
-        only say how long the past is (the mask reads the first layer's length); they are never read."""
+    def past_after(self, head_cache, rows: int, n: int, like: torch.Tensor):
+        """A prefix's keys and values (head_cache: batch 1, n tokens; only its layers from start up are read)
+        as the past of `rows` prompts. The skipped layers get placeholders that only say how long the past
+        is (the mask reads the first layer's length); they are never read."""
 
         past = DynamicCache(config=self.decoder.config)
         placeholder = like.new_zeros(1, 1, n, 1).expand(rows, 1, n, 1)

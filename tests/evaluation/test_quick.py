@@ -133,6 +133,40 @@ def test_enhanced_nll_runs_the_top_layers_only_while_the_lower_ones_are_unchange
     assert used == [1] and after.central_nll == pytest.approx(full, rel=1e-5)
 
 
+def test_enhanced_answers_reuse_the_base_prefill_only_while_the_lower_layers_are_unchanged(tiny_llama):
+    import torch
+
+    from lensml.evaluation import quick
+    from lensml.runtime.models import ModelConfig, load_model
+
+    model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
+    prompts = {"en": ["Why do cats purr?", "What is a prime number, and why are there infinitely many?", "Hi"],
+               "zh": ["猫为什么会发出呼噜声？", "什么是质数？"]}
+    cfg = quick.QuickEvalConfig(max_new_tokens=6, batch_size=3)
+    plain = quick.QuickEvalConfig(max_new_tokens=6, batch_size=3, reuse_prefill=False)
+    before = quick.answer_before(model, tok, prompts, "en", cfg, start=2)
+    store = before.prefill
+    assert store is not None and len(store) > 0 and store.served == 0
+    assert quick.answer_before(model, tok, prompts, "en", cfg, start=2).prefill is None  # from the disk cache: none
+    assert quick.answer_before(model, tok, prompts, "en", plain, start=2).prefill is None  # turned off
+    layers = model.model.layers
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in layers[3].parameters():  # a trained top layer
+            p.add_(0.3 * p.std() * torch.randn(p.shape, generator=gen))
+    full = quick.answer_after(model, tok, before, plain)
+    assert store.served == 0 and full.answers != before.answers  # turned off; the change shows in the answers
+    after = quick.answer_after(model, tok, before, cfg)
+    assert store.served > 0 and after.answers == full.answers and after.central_ids == full.central_ids
+    assert after.central_nll == full.central_nll
+    served = store.served
+    with torch.no_grad():
+        layers[0].mlp.down_proj.weight.add_(0.05)  # a lower layer changed too: the kept prefill no longer holds
+    full = quick.answer_after(model, tok, before, plain)
+    after = quick.answer_after(model, tok, before, cfg)
+    assert store.served == served and after.answers == full.answers
+
+
 def test_compare_puts_each_side_in_its_place(monkeypatch):
     """The report's numbers by hand: base answers and NLL on the base side, the enhanced ones on the enhanced side."""
     from lensml.evaluation import quick

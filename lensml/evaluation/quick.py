@@ -174,6 +174,17 @@ def _load_states(path: Path, start: int) -> tuple[list[torch.Tensor], str] | Non
     return list(torch.split(states, lengths)), meta["lower"]
 
 
+def _read_prefill(path: Path, start: int) -> PrefillStore | None:
+    """The base answers' kept prefill, or None when absent; a file that does not load is logged and removed
+    (the answers stand without it: the enhanced model then prefills in full)."""
+    try:
+        return PrefillStore.load(path, start)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        log.warning("removing the damaged prefill cache entry %s (%s): the enhanced model prefills in full", path, err)
+        path.unlink(missing_ok=True)
+        return None
+
+
 def _read_cache(path: Path, states_path: Path | None, start: int | None) -> tuple[dict, tuple | None] | None:
     """The cached base answers (and layer states), or None when absent; an entry that does not load is
     logged and removed (it would fail every later run otherwise), so the caller recomputes and rewrites it."""
@@ -221,12 +232,14 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
     """
     path = cache_dir() / "answers" / f"{base_key(model, tokenizer, prompts, central, cfg)}.json" if cfg.reuse_base else None
     states_path = path.with_name(f"{path.stem}.L{start}.safetensors") if path is not None and start is not None else None
+    prefill_path = states_path.with_name(f"{path.stem}.L{start}.prefill.safetensors") if states_path else None
     cached = _read_cache(path, states_path, start) if path is not None else None
     if cached is not None:
         doc, kept = cached
         log.info("base answers reused from %s (same weights, template, prompts and decoding)", path)
+        store = _read_prefill(prefill_path, start) if kept is not None and cfg.reuse_prefill else None
         return Answers(prompts, central, doc["answers"], doc["central_nll"], doc["central_ids"], start,
-                       *(kept or (None, None)))
+                       *(kept or (None, None)), store)
     store = PrefillStore(start) if cfg.reuse_prefill and start is not None and start > 0 else None
     answers, gens = answer_prompts(model, tokenizer, prompts, cfg, "base", capture=start, keep=store)
     states = [g.states for g in gens[central]] if start is not None else None
@@ -242,6 +255,8 @@ def answer_before(model, tokenizer, prompts: dict[str, list[str]], central: str,
                                      "central_ids": result.central_ids})
             if states is not None:
                 _save_states(states_path, result)
+            if result.prefill is not None:
+                result.prefill.save(prefill_path)
         except OSError as err:  # a read-only cache costs time next run, not this run's result
             log.warning("could not cache the base answers at %s: %s", path, err)
     return result

@@ -14,7 +14,9 @@ What it saves: the prefill of the enhanced model's evaluation, less its top laye
 six-language run (280 prompts, 17.5k prompt tokens after the shared template prefix) that
 prefill is about 30 s of each evaluation on the 2-core CPU. What it costs: the kept tensors,
 on the host (keys and values of the lower layers for every prompt token: 43 kB a token on
-SmolLM2, about 110 MB for the default run's 80 prompts), until the store is dropped.
+SmolLM2, about 110 MB for the default run's 80 prompts), until the store is dropped; and as
+much disk where lensml.evaluation.quick caches it beside the base answers (save/load), so that
+a run that takes the base answers from the cache still has their prefill.
 
 The store only ever serves a chunk whose prefix and prompt tokens are the ones it recorded;
 whether the model's lower layers are still the base model's is the caller's check
@@ -23,10 +25,18 @@ whether the model's lower layers are still the base model's is the caller's chec
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import DynamicCache
+
+from lensml.io import TMP_MARK, chmod_default
 
 from lensml.runtime.models import decoder_of, input_device
 from lensml.runtime.shared_prefix import Prefix
@@ -83,6 +93,50 @@ class PrefillStore:
         lower = [(_host(k), _host(v)) for k, v in chunk_kv[:self.start]]
         self._chunks[self._key(prefix_ids, part)] = _Kept(lower, _host(inputs))
         self.as_tuple = as_tuple if as_tuple is not None else self.as_tuple
+
+    # --- on disk (beside the cached base answers) ---
+    def save(self, path: Path) -> None:
+        """Write every kept tensor to a safetensors file, what it was kept for in its metadata; a temporary
+        name of this process's own is renamed into place, so a reader never sees half a file."""
+        entries = ([(self._prefix[0], None, self._prefix[1])] if self._prefix is not None else []) + \
+                  [(key[0], key[1], kept) for key, kept in self._chunks.items()]
+        tensors, index = {}, []
+        for n, (prefix_ids, part, kept) in enumerate(entries):
+            for i, (k, v) in enumerate(kept.lower):
+                tensors[f"{n}.k{i}"], tensors[f"{n}.v{i}"] = k.contiguous(), v.contiguous()
+            tensors[f"{n}.in"] = kept.inputs.contiguous()
+            index.append({"prefix": list(prefix_ids), "part": None if part is None else [list(p) for p in part]})
+        meta = {"start": str(self.start), "as_tuple": json.dumps(self.as_tuple), "index": json.dumps(index)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            chmod_default(Path(tmp), directory=False)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: Path, start: int) -> "PrefillStore | None":
+        """The store save() wrote, or None when the file is absent or was kept for another start layer.
+        A damaged file raises (OSError, ValueError, KeyError, SafetensorError) for the caller to handle."""
+        if not path.is_file():
+            return None
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("start") != str(start):
+                return None
+            store = cls(start)
+            store.as_tuple = json.loads(meta["as_tuple"])
+            for n, entry in enumerate(json.loads(meta["index"])):
+                lower = [(f.get_tensor(f"{n}.k{i}"), f.get_tensor(f"{n}.v{i}")) for i in range(start)]
+                kept = _Kept(lower, f.get_tensor(f"{n}.in"))
+                if entry["part"] is None:
+                    store._prefix = (tuple(entry["prefix"]), kept)
+                else:
+                    store._chunks[cls._key(entry["prefix"], entry["part"])] = kept
+        return store
 
     # --- serving (a model equal below start) ---
     def prefix(self, model, ids: list[int]) -> Prefix | None:

@@ -147,7 +147,8 @@ def test_enhanced_answers_reuse_the_base_prefill_only_while_the_lower_layers_are
     before = quick.answer_before(model, tok, prompts, "en", cfg, start=2)
     store = before.prefill
     assert store is not None and len(store) > 0 and store.served == 0
-    assert quick.answer_before(model, tok, prompts, "en", cfg, start=2).prefill is None  # from the disk cache: none
+    cached = quick.answer_before(model, tok, prompts, "en", cfg, start=2).prefill  # from the disk cache, beside the answers
+    assert cached is not None and cached is not store and len(cached) == len(store)
     assert quick.answer_before(model, tok, prompts, "en", plain, start=2).prefill is None  # turned off
     layers = model.model.layers
     gen = torch.Generator().manual_seed(0)
@@ -159,12 +160,30 @@ def test_enhanced_answers_reuse_the_base_prefill_only_while_the_lower_layers_are
     after = quick.answer_after(model, tok, before, cfg)
     assert store.served > 0 and after.answers == full.answers and after.central_ids == full.central_ids
     assert after.central_nll == full.central_nll
+    before.prefill = cached  # what a later run reads back from the cache serves the same answers
+    assert quick.answer_after(model, tok, before, cfg).answers == full.answers and cached.served == store.served
+    before.prefill = store
     served = store.served
     with torch.no_grad():
         layers[0].mlp.down_proj.weight.add_(0.05)  # a lower layer changed too: the kept prefill no longer holds
     full = quick.answer_after(model, tok, before, plain)
     after = quick.answer_after(model, tok, before, cfg)
     assert store.served == served and after.answers == full.answers
+
+
+def test_a_damaged_prefill_cache_entry_is_removed_and_the_answers_stand(tiny_llama, caplog):
+    from lensml.evaluation import quick
+    from lensml.runtime.models import ModelConfig, cache_dir, load_model
+
+    model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
+    prompts = {"en": ["Why do cats purr?", "What is a prime number?"], "zh": ["什么是质数？"]}
+    cfg = quick.QuickEvalConfig(max_new_tokens=4)
+    first = quick.answer_before(model, tok, prompts, "en", cfg, start=2)
+    [path] = (cache_dir() / "answers").glob("*.L2.prefill.safetensors")
+    path.write_bytes(path.read_bytes()[:100])  # cut short
+    again = quick.answer_before(model, tok, prompts, "en", cfg, start=2)
+    assert again.answers == first.answers and again.central_states is not None and again.prefill is None
+    assert not path.exists() and "damaged prefill cache entry" in caplog.text
 
 
 def test_compare_puts_each_side_in_its_place(monkeypatch):

@@ -20,9 +20,10 @@ def model_tok(tiny_llama):
 
 
 def _entry():
-    files = sorted((cache_dir() / "answers").iterdir(), key=lambda f: f.suffix)
-    assert [f.suffix for f in files] == [".json", ".safetensors"], files
-    return files
+    """The entry's answers (.json) and states (.L2.safetensors); its kept prefill (.L2.prefill.safetensors) is there too."""
+    files = {"".join(f.suffixes): f for f in (cache_dir() / "answers").iterdir()}
+    assert sorted(files) == [".L2.prefill.safetensors", ".L2.safetensors", ".json"], files
+    return files[".json"], files[".L2.safetensors"]
 
 
 @pytest.mark.parametrize("damage", ["truncated states", "json not utf-8", "json not a record"])

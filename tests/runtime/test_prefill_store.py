@@ -67,3 +67,27 @@ def test_reused_prefill_gives_the_full_prefills_answers_bit_for_bit(arch, share)
     finally:
         for layer, state in zip(layers, saved):
             layer.load_state_dict(state)
+
+
+def test_a_saved_store_loads_back_bit_for_bit_and_only_for_its_start_layer(tiny_llama, tmp_path):
+    from lensml.runtime.models import ModelConfig, load_model
+
+    model, tok, _ = load_model(ModelConfig(model=str(tiny_llama)))
+    prompts = encode_prompts(tok, PROMPTS)
+    store = PrefillStore(START)
+    greedy(model, prompts, 4, [tok.eos_token_id], tok.pad_token_id, 4, keep=store)
+    store.save(tmp_path / "kept.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.safetensors"]  # no temporary file left
+    back = PrefillStore.load(tmp_path / "kept.safetensors", START)
+    assert PrefillStore.load(tmp_path / "kept.safetensors", START + 1) is None
+    assert PrefillStore.load(tmp_path / "absent.safetensors", START) is None
+    assert back.as_tuple == store.as_tuple and back._prefix[0] == store._prefix[0]
+    assert list(back._chunks) == list(store._chunks)
+    for a, b in [(store._prefix[1], back._prefix[1])] + [(store._chunks[k], back._chunks[k]) for k in store._chunks]:
+        assert torch.equal(a.inputs, b.inputs)
+        assert all(torch.equal(x, y) for pair_a, pair_b in zip(a.lower, b.lower) for x, y in zip(pair_a, pair_b))
+    for layer in decoder_of(model).layers[START:]:
+        _perturb(layer)
+    first = greedy(model, prompts, 6, [tok.eos_token_id], tok.pad_token_id, 4, reuse=store)
+    again = greedy(model, prompts, 6, [tok.eos_token_id], tok.pad_token_id, 4, reuse=back)
+    assert _answers(again) == _answers(first) and back.served == store.served > 0

@@ -67,6 +67,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             os.unlink(tmp)
 
 
+def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written to a temporary name of this process's own and renamed: concurrent writers
+    never mix their bytes, and whichever finishes last leaves a complete file."""
+    from safetensors.torch import save_file  # torch only where tensors are written
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        chmod_default(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def tensors_for_start(path: Path, start: int) -> Iterator[tuple | None]:
+    """(open safetensors file, its metadata) of a cache file written for start layer `start`; None when the
+    file is absent or was written for another start layer (lensml.evaluation.quick's cached states and prefill)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        yield None
+        return
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        yield (f, meta) if meta.get("start") == str(start) else None
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, dumps(obj) + "\n")
 

@@ -10,21 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
 from transformers import __version__ as transformers_version
 
 from lensml.errors import LensError
 from lensml.evaluation.degeneration import degeneration
 from lensml.evaluation.metrics import share
 from lensml.evaluation.scores import LanguageScores, QuickEval, Retention
-from lensml.io import TMP_MARK, chmod_default, write_json_atomic
+from lensml.io import save_tensors_atomic, tensors_for_start, write_json_atomic
 from lensml.runtime.decoding import Generation
 from lensml.runtime.generation import MAX_PROMPT_TOKENS, answer_nll, answer_nll_from_states, generate, own_nll
 from lensml.runtime.langid import LanguageIdentifier
@@ -146,28 +143,17 @@ def _hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _save_states(path: Path, answers: Answers) -> None:
-    """Write to a temporary name of this process's own and rename: concurrent runs never mix their bytes,
-    and whichever finishes last leaves a complete file (both hold the same states)."""
+    """Atomic (concurrent runs write the same states; whichever finishes last leaves a complete file)."""
     lengths = torch.tensor([s.shape[0] for s in answers.central_states])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-")
-    os.close(fd)
-    try:
-        save_file({"states": torch.cat(answers.central_states).contiguous(), "lengths": lengths}, tmp,
-                  metadata={"lower": answers.lower, "start": str(answers.start)})
-        chmod_default(Path(tmp), directory=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_tensors_atomic(path, {"states": torch.cat(answers.central_states).contiguous(), "lengths": lengths},
+                        metadata={"lower": answers.lower, "start": str(answers.start)})
 
 
 def _load_states(path: Path, start: int) -> tuple[list[torch.Tensor], str] | None:
-    if not path.is_file():
-        return None
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("start") != str(start):
+    with tensors_for_start(path, start) as found:
+        if found is None:
             return None
+        f, meta = found
         states, lengths = f.get_tensor("states"), f.get_tensor("lengths").tolist()
     if not isinstance(meta.get("lower"), str) or sum(lengths) != states.shape[0]:
         raise ValueError("states and lengths disagree")

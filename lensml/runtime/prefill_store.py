@@ -26,17 +26,13 @@ whether the model's lower layers are still the base model's is the caller's chec
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import DynamicCache
 
-from lensml.io import TMP_MARK, chmod_default
+from lensml.io import save_tensors_atomic, tensors_for_start
 
 from lensml.runtime.models import decoder_of, input_device
 from lensml.runtime.shared_prefix import Prefix
@@ -96,8 +92,7 @@ class PrefillStore:
 
     # --- on disk (beside the cached base answers) ---
     def save(self, path: Path) -> None:
-        """Write every kept tensor to a safetensors file, what it was kept for in its metadata; a temporary
-        name of this process's own is renamed into place, so a reader never sees half a file."""
+        """Write every kept tensor to a safetensors file (atomically), what it was kept for in its metadata."""
         entries = ([(self._prefix[0], None, self._prefix[1])] if self._prefix is not None else []) + \
                   [(key[0], key[1], kept) for key, kept in self._chunks.items()]
         tensors, index = {}, []
@@ -107,26 +102,16 @@ class PrefillStore:
             tensors[f"{n}.in"] = kept.inputs.contiguous()
             index.append({"prefix": list(prefix_ids), "part": None if part is None else [list(p) for p in part]})
         meta = {"start": str(self.start), "as_tuple": json.dumps(self.as_tuple), "index": json.dumps(index)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            chmod_default(Path(tmp), directory=False)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_tensors_atomic(path, tensors, meta)
 
     @classmethod
     def load(cls, path: Path, start: int) -> "PrefillStore | None":
         """The store save() wrote, or None when the file is absent or was kept for another start layer.
         A damaged file raises (OSError, ValueError, KeyError, SafetensorError) for the caller to handle."""
-        if not path.is_file():
-            return None
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("start") != str(start):
+        with tensors_for_start(path, start) as found:
+            if found is None:
                 return None
+            f, meta = found
             store = cls(start)
             store.as_tuple = json.loads(meta["as_tuple"])
             for n, entry in enumerate(json.loads(meta["index"])):

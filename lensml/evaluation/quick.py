@@ -256,7 +256,11 @@ def answer_after(model, tokenizer, before: Answers, cfg: QuickEvalConfig, nll=No
     """
     same_lower = before.lower is not None and lower_digest(model, before.start) == before.lower
     reuse = before.prefill if same_lower and cfg.reuse_prefill else None
+    served = reuse.served if reuse is not None else 0
     answers, gens = answer_prompts(model, tokenizer, before.prompts, cfg, "enhanced", reuse=reuse)
+    if reuse is not None and reuse.served > served:
+        log.info("enhanced prefill: layers %d and up only, over the base model's kept prefill (%d chunks)",
+                 reuse.start, len(reuse))
     c = before.central
     value = nll(model, tokenizer, before.prompts[c], before.central_ids) if nll is not None else None
     if value is None and before.central_states is not None and same_lower:

@@ -133,7 +133,9 @@ def test_enhanced_nll_runs_the_top_layers_only_while_the_lower_ones_are_unchange
     assert used == [1] and after.central_nll == pytest.approx(full, rel=1e-5)
 
 
-def test_enhanced_answers_reuse_the_base_prefill_only_while_the_lower_layers_are_unchanged(tiny_llama):
+def test_enhanced_answers_reuse_the_base_prefill_only_while_the_lower_layers_are_unchanged(tiny_llama, caplog):
+    import logging
+
     import torch
 
     from lensml.evaluation import quick
@@ -157,7 +159,9 @@ def test_enhanced_answers_reuse_the_base_prefill_only_while_the_lower_layers_are
             p.add_(0.3 * p.std() * torch.randn(p.shape, generator=gen))
     full = quick.answer_after(model, tok, before, plain)
     assert store.served == 0 and full.answers != before.answers  # turned off; the change shows in the answers
-    after = quick.answer_after(model, tok, before, cfg)
+    with caplog.at_level(logging.INFO, logger="lensml.evaluation.quick"):
+        after = quick.answer_after(model, tok, before, cfg)
+    assert "enhanced prefill: layers 2 and up only" in caplog.text
     assert store.served > 0 and after.answers == full.answers and after.central_ids == full.central_ids
     assert after.central_nll == full.central_nll
     before.prefill = cached  # what a later run reads back from the cache serves the same answers

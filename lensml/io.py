@@ -19,6 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from lensml.errors import LensError
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """A safetensors file written to a temporary name of this process's own and renamed: concurrent writers
     never mix their bytes, and whichever finishes last leaves a complete file."""
-    from safetensors.torch import save_file  # torch only where tensors are written
-
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}{os.getpid()}-")
     os.close(fd)
@@ -88,8 +89,6 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[s
 def tensors_for_start(path: Path, start: int) -> Iterator[tuple | None]:
     """(open safetensors file, its metadata) of a cache file written for start layer `start`; None when the
     file is absent or was written for another start layer (lensml.evaluation.quick's cached states and prefill)."""
-    from safetensors import safe_open
-
     if not path.is_file():
         yield None
         return

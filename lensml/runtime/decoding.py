@@ -97,10 +97,12 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
         if shareable(model, prompts, share_prefix, max_new_tokens):
             head, tails = split(prompts)
             if head:
-                pre = reuse.prefix(model, head) if reuse is not None else None
-                if pre is None:
-                    with _paused(steering):
+                with _paused(steering):
+                    pre = reuse.prefix(model, head) if reuse is not None else None
+                    ran = pre is None
+                    if ran:
                         pre = run_prefix(decoder_of(model), head, input_device(model))[0]
+                if ran:
                     head_states = cap["h"][0] if cap is not None else None
                     if keep is not None:
                         keep.keep_prefix(pre, cap["h"], block.as_tuple)

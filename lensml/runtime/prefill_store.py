@@ -33,7 +33,6 @@ import torch
 from transformers import DynamicCache
 
 from lensml.io import save_tensors_atomic, tensors_for_start
-
 from lensml.runtime.models import decoder_of, input_device
 from lensml.runtime.shared_prefix import Prefix
 from lensml.runtime.templating import Batch
@@ -98,8 +97,8 @@ class PrefillStore:
         tensors, index = {}, []
         for n, (prefix_ids, part, kept) in enumerate(entries):
             for i, (k, v) in enumerate(kept.lower):
-                tensors[f"{n}.k{i}"], tensors[f"{n}.v{i}"] = k.contiguous(), v.contiguous()
-            tensors[f"{n}.in"] = kept.inputs.contiguous()
+                tensors[f"{n}.k{i}"], tensors[f"{n}.v{i}"] = k, v  # compact already (_host)
+            tensors[f"{n}.in"] = kept.inputs
             index.append({"prefix": list(prefix_ids), "part": None if part is None else [list(p) for p in part]})
         meta = {"start": str(self.start), "as_tuple": json.dumps(self.as_tuple), "index": json.dumps(index)}
         save_tensors_atomic(path, tensors, meta)
@@ -128,15 +127,11 @@ class PrefillStore:
         """The model's own Prefix of these ids: the kept lower layers, its top layers run on the kept input."""
         if self._prefix is None or self._prefix[0] != tuple(ids) or self.as_tuple is None:
             return None
-        kept = self._prefix[1]
-        block = TopBlock(model, self.start, self.as_tuple)
-        layers = decoder_of(model).layers
-        device = input_device(model)  # where the full prefix forward put its ids
-        n = len(ids)
-        ones = torch.ones(1, n, dtype=torch.long, device=device)
-        top = DynamicCache(config=decoder_of(model).config)
-        block.forward(Batch(ones * 0, ones, torch.arange(n, device=device)[None]), kept.inputs.to(device), top)
-        cache = DynamicCache(config=decoder_of(model).config)
+        kept, decoder = self._prefix[1], decoder_of(model)
+        layers = decoder.layers
+        # the top layers on the kept input, where the full prefix forward puts its ids
+        _, top = TopBlock(model, self.start, self.as_tuple).prefix(kept.inputs.to(input_device(model)))
+        cache = DynamicCache(config=decoder.config)
         for i, (k, v) in enumerate(kept.lower):  # under a device_map each layer's cache lives on that layer's device
             cache.update(k.to(_device(layers[i])), v.to(_device(layers[i])), i)
         for i in range(self.start, len(layers)):

@@ -115,11 +115,18 @@ class TopBlock:
         the prefix's keys and values as well, as they do when every prompt holds the prefix.
         """
 
+        head_final, head_cache = self.prefix(head_hidden)
+        n = head_hidden.shape[1]
+        return head_final, [self.forward(b, h, self.past_after(head_cache, h.shape[0], n, head_hidden)) for b, h in parts]
+
+    def prefix(self, head_hidden: torch.Tensor):
+        """A shared prefix run from its start-layer input head_hidden (1, P, d), alone: its final states
+        (1, P, d) and a cache holding its keys and values in the layers from start up (see past_after)."""
         n, device = head_hidden.shape[1], head_hidden.device
         ones = torch.ones(1, n, dtype=torch.long, device=device)
         head_cache = DynamicCache(config=self.decoder.config)
         head_final = self.forward(Batch(ones * 0, ones, torch.arange(n, device=device)[None]), head_hidden, head_cache)
-        return head_final, [self.forward(b, h, self.past_after(head_cache, h.shape[0], n, head_hidden)) for b, h in parts]
+        return head_final, head_cache
 
     def past_after(self, head_cache, rows: int, n: int, like: torch.Tensor):
         """A prefix's keys and values (head_cache: batch 1, n tokens; only its layers from start up are read)

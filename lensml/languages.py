@@ -11,15 +11,22 @@ code where lingua gives the macrolanguage. `iso639_3` returns the code the Aya
 dataset uses (Aya: "arb" Standard Arabic, "swh" Swahili, but "zho" Chinese, the
 same as lingua); `iso639_1` maps both kinds back, so a GlotLID "cmn" or "arb" label
 counts as "zh" or "ar".
+
+The table ships as JSON (lensml/data/lingua_languages.json, lingua 2.1's languages; a test keeps it
+equal to the installed lingua's), so naming and checking languages works where lingua cannot be
+installed: the lent GPU machine takes at most 64 MiB of files, and lingua's wheel is 96 MB. Where lingua
+is installed, a language a newer lingua adds joins the table.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
-
-from lingua import Language
+from pathlib import Path
 
 from lensml.errors import LensError
+
+TABLE = Path(__file__).resolve().parent / "data" / "lingua_languages.json"
 
 # Codes lingua does not know, covered by lensml's evaluation tasks: code -> (name, ISO 639-3).
 _EXTRA: dict[str, tuple[str, str]] = {"ht": ("Haitian Creole", "hat"), "qu": ("Quechua", "que"),
@@ -38,11 +45,21 @@ _INDIVIDUAL: dict[str, str] = {
 @lru_cache(maxsize=1)
 def _table() -> dict[str, tuple[str, str]]:
     """Two-letter code -> (English name, lingua's ISO 639-3 code), for lingua's languages and the extras."""
-    table = {lang.iso_code_639_1.name.lower(): (lang.name.capitalize(), lang.iso_code_639_3.name.lower())
-             for lang in Language.all()}
+    table = {code: tuple(entry) for code, entry in json.loads(TABLE.read_text(encoding="utf-8")).items()}
+    table.update({code: entry for code, entry in lingua_table().items() if code not in table})
     table.update({code: (name, table[code][1]) for code, name in _NAME_OVERRIDE.items()})
     table.update(_EXTRA)
     return table
+
+
+def lingua_table() -> dict[str, tuple[str, str]]:
+    """The installed lingua's languages as the table holds them; empty without lingua."""
+    try:
+        from lingua import Language  # optional here: see the module docstring
+    except ImportError:
+        return {}
+    return {lang.iso_code_639_1.name.lower(): (lang.name.capitalize(), lang.iso_code_639_3.name.lower())
+            for lang in Language.all()}
 
 
 @lru_cache(maxsize=1)

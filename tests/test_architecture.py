@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("lensml.cli",)),
 ]
 #: Optional or environment-dependent packages a function may import lazily (see each module's comment).
-LAZY_OK = {"datasets", "pyarrow", "fasttext", "gcld3", "httpx2", "huggingface_hub", "matplotlib",
+LAZY_OK = {"datasets", "pyarrow", "fasttext", "gcld3", "httpx2", "huggingface_hub", "matplotlib", "lingua",
            "tensorboard", "wandb", "mlflow"}  # the experiment trackers of --report-to (lensml.tracking)
 
 

@@ -1,5 +1,9 @@
 """The one language-code table: names, ISO 639-3 both ways, validation of --langs."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from lensml.errors import LensError
@@ -40,3 +44,41 @@ def test_check_languages_errors():
         check_languages(["en", "zh", "zh"], "en")
     with pytest.raises(LensError, match="unknown language code"):
         language_name("xx")
+
+
+def test_shipped_table_is_lingua_s(monkeypatch):
+    """The JSON table equals the installed lingua's (so it can stand in where lingua is not installed), and
+    a language only lingua knows still joins; without lingua the shipped table alone names every language."""
+    from lensml import languages
+
+    shipped = {code: tuple(v) for code, v in json.loads(languages.TABLE.read_text(encoding="utf-8")).items()}
+    lingua = languages.lingua_table()
+    assert len(shipped) == 75 and {c: lingua[c] for c in shipped} == shipped
+    languages._table.cache_clear()
+    languages._reverse.cache_clear()
+    try:
+        monkeypatch.setattr(languages, "lingua_table", lambda: {"xq": ("Newish", "xqq"), "zh": ("Other", "zzz")})
+        assert language_name("xq") == "Newish" and language_name("zh") == "Chinese"  # the shipped entry stays
+        monkeypatch.setattr(languages, "lingua_table", lambda: {})
+        languages._table.cache_clear()
+        languages._reverse.cache_clear()
+        assert language_name("fi") == "Finnish" and iso639_3("sw") == "swh" and iso639_1("cmn") == "zh"
+        assert not is_known("xq")
+    finally:
+        languages._table.cache_clear()
+        languages._reverse.cache_clear()
+
+
+def test_lensml_runs_its_run_recipe_imports_without_lingua():
+    """Where lingua cannot be installed (the lent GPU machine), lensml still imports, names and checks
+    languages; only the lingua identifier itself needs it, and says so when asked for."""
+    code = ("import sys; sys.modules['lingua'] = None\n"
+            "import lensml.cli, lensml.recipes.run, lensml.evaluation.quick\n"
+            "from lensml.languages import check_languages, language_name\n"
+            "check_languages(['en', 'zh', 'sw'], 'en'); assert language_name('bn') == 'Bengali'\n"
+            "from lensml.runtime.langid import LanguageIdentifier\n"
+            "try:\n    LanguageIdentifier()('hello there')\nexcept Exception as err:\n    print(type(err).__name__, err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "LensError lingua is not installed: pip install lingua-language-detector, " \
+                                 "or pass --langid cld3 or glotlid"

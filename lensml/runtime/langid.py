@@ -1,8 +1,9 @@
 """Offline language identification of model answers.
 
 Default backend: lingua (ships its models; chosen by measurement on short texts,
-see benchmarks/langid_accuracy.py and README). cld3 is an optional alternative;
-GlotLID runs from a fastText model file the user gives. py3langid is measured in
+see benchmarks/langid_accuracy.py and README), imported when first used, so that lensml runs
+where lingua cannot be installed (the lent GPU machine: lensml.languages). cld3 is an optional
+alternative; GlotLID runs from a fastText model file the user gives. py3langid is measured in
 the benchmark but not offered here: its model ships as a pickle.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-
-from lingua import Language, LanguageDetectorBuilder
 
 from lensml.errors import LensError
 from lensml.languages import iso639_1
@@ -45,12 +44,13 @@ class LanguageIdentifier:
         return [self(t) for t in texts]
 
 
-#: Scripts shared by many of lingua's languages: a text in one makes lingua read every such language's models.
+#: Scripts shared by many of lingua's languages: a text in one makes lingua read every such language's models
+#: (the name of lingua's Language method that lists them).
 _SCRIPTS = {
-    "latin": (re.compile(r"[A-Za-z\u00C0-\u024F]"), Language.all_with_latin_script),
-    "cyrillic": (re.compile(r"[\u0400-\u04FF]"), Language.all_with_cyrillic_script),
-    "arabic": (re.compile(r"[\u0600-\u06FF]"), Language.all_with_arabic_script),
-    "devanagari": (re.compile(r"[\u0900-\u097F]"), Language.all_with_devanagari_script),
+    "latin": (re.compile(r"[A-Za-z\u00C0-\u024F]"), "all_with_latin_script"),
+    "cyrillic": (re.compile(r"[\u0400-\u04FF]"), "all_with_cyrillic_script"),
+    "arabic": (re.compile(r"[\u0600-\u06FF]"), "all_with_arabic_script"),
+    "devanagari": (re.compile(r"[\u0900-\u097F]"), "all_with_devanagari_script"),
 }
 _preloaded: set[str] = set()
 
@@ -65,13 +65,24 @@ def preload_scripts(texts: list[str]) -> list[str]:
     script's languages fills the store (3.7 s on 2 cores) and the detector lensml asks, over every
     language, finds them there. Its answers cannot change: same detector, same models.
     """
+    lingua = _lingua()
     loaded = []
     for script, (pattern, languages) in _SCRIPTS.items():
         if script not in _preloaded and any(pattern.search(t) for t in texts):
-            LanguageDetectorBuilder.from_languages(*languages()).with_preloaded_language_models().build()
+            lingua.LanguageDetectorBuilder.from_languages(*getattr(lingua.Language, languages)()) \
+                .with_preloaded_language_models().build()
             _preloaded.add(script)
             loaded.append(script)
     return loaded
+
+
+def _lingua():
+    try:
+        import lingua  # optional where --langid is not lingua (module docstring)
+    except ImportError as err:
+        raise LensError("lingua is not installed: pip install lingua-language-detector, "
+                        "or pass --langid cld3 or glotlid") from err
+    return lingua
 
 
 @lru_cache(maxsize=4)
@@ -81,7 +92,7 @@ def _detector(backend: str, model_path: str | None):
         # models load when a text first needs them: lingua's rules narrow a text to the languages of its
         # script, so a run that detects English and Chinese answers never reads Korean, Arabic or Bengali
         # models. Loading all 75 up front took 5.3 s of every run; the same answers (tested).
-        return LanguageDetectorBuilder.from_all_languages().build()
+        return _lingua().LanguageDetectorBuilder.from_all_languages().build()
     if backend == "cld3":
         try:
             import gcld3  # optional dependency: the module of the cld3-py package

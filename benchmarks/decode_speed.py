@@ -19,7 +19,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from shapes import SHAPES, random_llama  # noqa: E402
 
 from lensml.data.loaders import load_texts  # noqa: E402
 from lensml.runtime import decoding  # noqa: E402
@@ -27,25 +30,12 @@ from lensml.runtime.generation import _stop_ids  # noqa: E402
 from lensml.runtime.models import ModelConfig, load_tokenizer  # noqa: E402
 from lensml.runtime.templating import encode_prompts  # noqa: E402
 
-SHAPES = {"tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2),
-          "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                          num_key_value_heads=3, tie_word_embeddings=True),
-          "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8),
-          "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                     num_key_value_heads=8)}
-
 
 def _model(args, tok, device, dtype):
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
     if args.model:
         return AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
-    cfg = LlamaConfig(**SHAPES[args.shape], vocab_size=len(tok), max_position_embeddings=4096, rms_norm_eps=1e-5,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    with torch.device(device):
-        return LlamaForCausalLM._from_config(cfg, dtype=dtype).eval()
+    return random_llama(args.shape, tok, device, dtype)
 
 
 def _timed(fn, device):

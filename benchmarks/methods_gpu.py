@@ -16,7 +16,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from shapes import SHAPES, random_llama  # noqa: E402
 
 from lensml import methods  # noqa: E402
 from lensml.data.loaders import load_rows  # noqa: E402
@@ -26,21 +29,9 @@ from lensml.lens.probing import ProbeConfig, probe  # noqa: E402
 from lensml.methods.steer.hooks import SteerConfig  # noqa: E402
 from lensml.training import TrainConfig  # noqa: E402
 
-SHAPES = {"tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2),  # CPU dry runs of this script
-          "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                     num_key_value_heads=8),
-          "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                     num_key_value_heads=8)}
-
 
 def build(shape: str, tok, device):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(**SHAPES[shape], vocab_size=len(tok), max_position_embeddings=4096, rms_norm_eps=1e-5,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    with torch.device(device):
-        return LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16).eval()
+    return random_llama(shape, tok, device, torch.bfloat16)
 
 
 def _profiler(device):

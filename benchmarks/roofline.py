@@ -26,6 +26,13 @@ model's English answers, top block and LM head from the states captured in the b
     python benchmarks/roofline.py --json runs/roofline_cpu.json                 # the default run
     python benchmarks/roofline.py --langs zh zh,sw zh,ja,ko,ar,bn,sw --samples 40 --eval-samples 12
     python benchmarks/roofline.py --device cuda --dtype bfloat16 --json runs/roofline_gpu.json
+    python benchmarks/roofline.py --device cuda --shape llama3-8b --tokenizer .bench_tok --langs zh,ja,ko,ar,bn,sw \
+        --no-langid --json $OUT/roofline_8b.json   # the lent GPU: benchmarks/device_run.sh
+
+--shape builds a random-weight model of a real shape on the device (benchmarks/shapes.py) instead of loading
+one: timing needs shapes, not trained weights, and the GPU machine has no Hub. --no-langid leaves out the
+language identification (a CPU stage; lingua cannot be installed there). On CUDA each stage's peak device
+memory is read too, and the table ends with the stages' sum: the whole run after the model load.
 
 With several --langs sets each runs after the other in this process, from a fresh model, so their
 cost per 1k tokens compares like for like. Decode "tokens" are the answers' tokens (stop token
@@ -37,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import sys
@@ -51,6 +57,8 @@ sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed lensml first, else this checkout
 
 from roofline_meter import Meter  # noqa: E402
+from roofline_report import best_of, peak_table, stage_rows, table, totals  # noqa: E402
+from shapes import SHAPES, random_llama  # noqa: E402
 
 from lensml import methods  # noqa: E402
 from lensml.evaluation import quick  # noqa: E402
@@ -59,7 +67,8 @@ from lensml.lens.reference_cache import empty_cache  # noqa: E402
 from lensml.recipes.config import RunConfig  # noqa: E402
 from lensml.recipes.stages import Stages, load_inputs, method_inputs, response_languages, train_and_save  # noqa: E402
 from lensml.results.rundir import RunDir  # noqa: E402
-from lensml.runtime.models import decoder_of, load_model  # noqa: E402
+from lensml.runtime.models import ModelConfig, decoder_of, load_model, load_tokenizer, resolve_model_path  # noqa: E402
+from lensml.runtime.models import resolve_dtype, steady_attention  # noqa: E402
 from lensml.runtime.topblock import TopBlock  # noqa: E402
 
 ROWS = (40, 80, 320, 1280, 2560)  # matmul rows measured: decode batches, training steps, prefill and probe batches
@@ -130,18 +139,6 @@ def measure_peak(dims: dict[str, tuple[int, int]], device, dtype, seconds: float
     return out
 
 
-def rate_at(peak: dict, rows: float) -> float:
-    """The layer-mix rate at a mean row count, interpolated on log(rows) between measured counts."""
-    ms = sorted(peak["rows"], key=int)
-    x = min(max(rows, int(ms[0])), int(ms[-1]))
-    for a, b in zip(ms, ms[1:]):
-        if int(a) <= x <= int(b):
-            fa, fb = peak["rows"][a]["layer_mix"], peak["rows"][b]["layer_mix"]
-            t = (math.log(x) - math.log(int(a))) / (math.log(int(b)) - math.log(int(a)))
-            return fa + t * (fb - fa)
-    return peak["rows"][ms[0]]["layer_mix"]
-
-
 class _MeteredStages(Stages):
     """The recipe's stage timer, also telling the meter which stage runs (train_and_save times "train" and
     "save" inside one call)."""
@@ -176,7 +173,8 @@ def run_config(args, langs: list[str], device: torch.device, loaded=None) -> tup
     method = methods.get("lens")
     inputs = load_inputs(cfg, probe=True, train=True, held_out=True, responses=response_languages(method, cfg))
     t0 = time.perf_counter()
-    model, tok, name = load_model(cfg.model)
+    model, tok, name = _model(args, cfg, device)
+    _sync(device)
     load_s = time.perf_counter() - t0
     if loaded is not None:
         loaded(model)
@@ -197,8 +195,9 @@ def run_config(args, langs: list[str], device: torch.device, loaded=None) -> tup
                            method_inputs(method, cfg, inputs, subspace, cache), cfg, name, RunDir(Path(tmp)))
         with meter.stage("eval_enhanced", split=True):
             after = quick.answer_after(model, tok, before, cfg.eval, nll=method.answer_nll)
-        with meter.stage("langid"):
-            quick.compare(before, after, cfg.eval)
+        if not args.no_langid:
+            with meter.stage("langid"):
+                quick.compare(before, after, cfg.eval)
     finally:
         quick.answer_prompts = recorded.fn
         meter.close()
@@ -211,15 +210,25 @@ def run_config(args, langs: list[str], device: torch.device, loaded=None) -> tup
     return meter.phases, model, context
 
 
+def _model(args, cfg: RunConfig, device: torch.device):
+    """(model, tokenizer, name): lens run's own loading, or a random-weight model of --shape built on the device."""
+    if not args.shape:
+        return load_model(cfg.model)
+    tok = load_tokenizer(args.tokenizer or resolve_model_path(ModelConfig())[0], ModelConfig())
+    model = random_llama(args.shape, tok, device, resolve_dtype(args.dtype, device), scale=args.shape_scale)
+    steady_attention(model)  # what load_model does on CUDA
+    return model, tok, f"random {args.shape}" + (f" / {args.shape_scale}" if args.shape_scale > 1 else "")
+
+
 def _config(langs: list[str], args) -> RunConfig:
     from lensml.evaluation.quick import QuickEvalConfig
     from lensml.lens.probing import ProbeConfig
-    from lensml.runtime.models import ModelConfig
     from lensml.training import TrainConfig
     model = ModelConfig(device=args.device, dtype=args.dtype, **({"model": args.model} if args.model else {}))
-    return RunConfig(langs=list(langs), model=model,
+    return RunConfig(langs=list(langs), model=model, **({"gguf_out": "none"} if args.shape else {}),  # no GGUF source
                      probe=ProbeConfig(samples=args.samples), train=TrainConfig(samples=args.samples),
-                     eval=QuickEvalConfig(samples=args.eval_samples, reuse_base=False))
+                     eval=QuickEvalConfig(samples=args.eval_samples, reuse_base=False,
+                                          reuse_prefill=not args.no_reuse_prefill))
 
 
 def cross_check(model, ctx: dict, device) -> dict:
@@ -289,78 +298,17 @@ def hand_check(model, phases: dict) -> dict:
             "ratio": p.linear_flops / (2.0 * per_token * p.tokens_run)}
 
 
-ORDER = ("probe", "train", "eval_base/prefill", "eval_base/decode", "eval_enhanced/prefill", "eval_enhanced/decode",
-         "eval_enhanced/nll", "save", "langid")
-
-
-def stage_rows(phases: dict, peak: dict) -> list[dict]:
-    """One row per stage: tokens, padding, calls, FLOPs, seconds, GFLOP/s, shares of the peak, s per 1k tokens."""
-    rows = []
-    for name in ORDER + tuple(k for k in phases if k not in ORDER):
-        p = phases.get(name)
-        if p is None:
-            continue
-        out = p.tokens_out
-        tokens = out if out is not None else p.tokens_real
-        pad_share = (1 - out / p.tokens_run) if out is not None and p.tokens_run else \
-            (1 - p.tokens_real / p.tokens_run) if p.tokens_run else None
-        gflops = p.flops / p.seconds / 1e9 if p.seconds > 0 and p.flops else None
-        mean_rows = p.linear_rows / p.linear_calls if p.linear_calls else None
-        own = rate_at(peak, mean_rows) if mean_rows else None
-        rows.append({"stage": name, "tokens": tokens, "padding_share": pad_share, "calls": p.calls,
-                     "gflop": p.flops / 1e9, "attention_share": p.attention_flops / p.flops if p.flops else None,
-                     "seconds": p.seconds, "cpu_seconds": p.cpu_seconds, "gflops": gflops,
-                     "share_of_peak": gflops / peak["peak"] if gflops else None,
-                     "mean_matmul_rows": mean_rows, "peak_at_rows": own,
-                     "share_of_peak_at_rows": gflops / own if gflops and own else None,
-                     "s_per_1k_tokens": p.seconds / tokens * 1000 if tokens else None,
-                     "cpu_s_per_1k_tokens": p.cpu_seconds / tokens * 1000 if tokens else None,
-                     "raw": p.to_dict()})
-    return rows
-
-
-def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def table(rows: list[dict]) -> str:
-    head = ("| stage | tokens | padding | calls | GFLOP | s | GFLOP/s | % peak | rows/matmul | % peak at rows "
-            "| s / 1k tok | CPU s / 1k tok |")
-    lines = [head, "|" + " --- |" * 12]
-    for r in rows:
-        pad = _fmt(r["padding_share"] and 100 * r["padding_share"], ".1f")
-        lines.append(f"| {r['stage']} | {r['tokens']} | {pad}% "
-                     f"| {r['calls']} | {_fmt(r['gflop'], '.1f')} | {r['seconds']:.2f} | {_fmt(r['gflops'], '.1f')} "
-                     f"| {_fmt(r['share_of_peak'] and 100 * r['share_of_peak'], '.0f')} "
-                     f"| {_fmt(r['mean_matmul_rows'], '.0f')} "
-                     f"| {_fmt(r['share_of_peak_at_rows'] and 100 * r['share_of_peak_at_rows'], '.0f')} "
-                     f"| {_fmt(r['s_per_1k_tokens'], '.3f')} | {_fmt(r['cpu_s_per_1k_tokens'], '.3f')} |")
-    return "\n".join(lines)
-
-
-def peak_table(peak: dict) -> str:
-    names = list(next(iter(peak["rows"].values()))["shapes"])
-    lines = ["| rows | " + " | ".join(names) + " | layer mix |", "|" + " --- |" * (len(names) + 2)]
-    for m, v in peak["rows"].items():
-        lines.append(f"| {m} | " + " | ".join(f"{v['shapes'][n]:.1f}" for n in names) + f" | {v['layer_mix']:.1f} |")
-    return "\n".join(lines)
-
-
-def best_of(first: dict, second: dict) -> dict:
-    """The reference peak: per shape and row count the better of the two measurements (a shared machine
-    only ever slows a matmul down)."""
-    rows = {}
-    for m, v in first["rows"].items():
-        w = second["rows"][m]
-        rows[m] = {"shapes": {n: max(r, w["shapes"][n]) for n, r in v["shapes"].items()},
-                   "layer_mix": max(v["layer_mix"], w["layer_mix"])}
-    return {"dims": first["dims"], "dtype": first["dtype"], "rows": rows, "peak": max(first["peak"], second["peak"])}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default=None, help="any checkpoint lens run takes (default: lens run's own)")
+    ap.add_argument("--shape", choices=list(SHAPES), default=None,
+                    help="a random-weight model of this shape built on the device instead (benchmarks/shapes.py)")
+    ap.add_argument("--shape-scale", type=int, default=1, help=argparse.SUPPRESS)  # divide the shape: CPU dry runs
+    ap.add_argument("--tokenizer", default=None, help="tokenizer folder for --shape (default: packaged SmolLM2's)")
+    ap.add_argument("--no-langid", action="store_true", help="leave out language identification (needs lingua)")
+    ap.add_argument("--no-reuse-prefill", action="store_true",
+                    help="the enhanced answers prefill every layer (lens run --eval.no-reuse-prefill)")
     ap.add_argument("--dtype", default="auto", help="auto: float32 on CPU, bfloat16 on a GPU (the peak uses the same)")
     ap.add_argument("--langs", nargs="+", default=["zh"], help="one or more comma-separated target-language sets")
     ap.add_argument("--samples", type=int, default=None, help="probe and training prompts per language (default: all)")
@@ -398,6 +346,7 @@ def main() -> int:
     print(peak_table(peak))
     for run, langs in zip(runs, args.langs):
         run["stages"] = stage_rows(run.pop("phases"), peak)
+        run["total"] = totals(run["stages"])
         print(f"\nlens run --langs {langs} (samples {args.samples or 'all'}, eval {args.eval_samples or 'all'}; "
               f"load after it {run['loadavg']}; peak {peak['peak']:.1f} GFLOP/s):")
         print(table(run["stages"]))

@@ -12,7 +12,8 @@ microseconds per call and sees exactly what ran:
 Norms, rotary, softmax and the optimiser are left out (under 1% of the FLOPs at these shapes).
 roofline.py cross-checks the linear count against FlopCounterMode on sampled calls.
 
-A phase's seconds are wall time: each interval is given to the phase of the most recent outermost
+On CUDA a phase also keeps the peak of allocated device memory over its intervals (the counter is reset
+at every switch). A phase's seconds are wall time: each interval is given to the phase of the most recent outermost
 forward (the model, its decoder, or the LM head called alone), so the Python around the forwards
 (cache assembly, argmax, tolist) is charged to the phase it serves.
 """
@@ -42,6 +43,7 @@ class Phase:
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # this process's CPU time (all threads): on a shared machine, the work done
     tokens_out: int | None = None  # decode: the answers' tokens (stop tokens included)
+    peak_gb: float | None = None   # CUDA: the most device memory allocated while the phase ran (GiB)
 
     @property
     def flops(self) -> float:
@@ -119,6 +121,10 @@ class Meter:
             ph = self.phases.setdefault(self.phase, Phase())
             ph.seconds += t - self.mark
             ph.cpu_seconds += c - self.cpu_mark
+            if self.cuda:
+                ph.peak_gb = max(ph.peak_gb or 0.0, torch.cuda.max_memory_allocated() / 2 ** 30)
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
         self.phase, self.mark, self.cpu_mark = phase, t, c
 
     @property

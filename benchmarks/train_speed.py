@@ -38,6 +38,7 @@ import torch
 import transformers
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed lensml first, else this checkout
 
 from lensml.data.loaders import load_rows, load_texts
@@ -49,13 +50,11 @@ from lensml.methods.lens import train
 from lensml.lens.reference_cache import empty_cache
 from lensml.training import TrainConfig
 from transformers import get_cosine_schedule_with_warmup
+from shapes import random_llama
 
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lens-official"  # ../shared beside the repo
 LANGS, CENTRAL = ["en", "zh"], "en"
 ACCUM = 8  # the authors' batch 1 x 8 accumulation steps
-LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
-                 rms_norm_eps=1e-5, tie_word_embeddings=False)
 
 
 def parse_args(argv=None):
@@ -156,25 +155,11 @@ def synthetic_text(rng: random.Random, tok, lang: str, n_tokens: int) -> str:
 
 def build_shape(args, device):
     """Llama-3-8B-shaped LlamaForCausalLM with random bf16 weights built on the device, SmolLM2 tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     t = now(device)
     tok_dir = args.tokenizer or resolve_model_path(ModelConfig(model=args.model))[0]
     tok = load_tokenizer(tok_dir, ModelConfig(model=args.model))
-    shape = dict(LLAMA3_8B)
     k = args.shape_scale
-    if k > 1:  # dry runs only: same code path, smaller model
-        shape.update(hidden_size=shape["hidden_size"] // k, intermediate_size=shape["intermediate_size"] // k,
-                     num_hidden_layers=max(4, shape["num_hidden_layers"] // k),
-                     num_attention_heads=max(1, 32 // k), num_key_value_heads=max(1, 8 // k))
-    if len(tok) > shape["vocab_size"]:
-        raise SystemExit(f"tokenizer has {len(tok)} ids, the shape's vocabulary {shape['vocab_size']}")
-    cfg = LlamaConfig(**shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    torch.manual_seed(args.seed)
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16)
-    model.eval()
+    model = random_llama(args.shape, tok, device, torch.bfloat16, scale=k, seed=args.seed)
     load_s = now(device) - t
     rng = random.Random(args.seed)
     texts = {lang: [synthetic_text(rng, tok, lang, args.probe_max_length) for _ in range(args.probe_samples)]

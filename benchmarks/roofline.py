@@ -224,8 +224,9 @@ def _config(langs: list[str], args) -> RunConfig:
     from lensml.evaluation.quick import QuickEvalConfig
     from lensml.lens.probing import ProbeConfig
     from lensml.training import TrainConfig
-    model = ModelConfig(device=args.device, dtype=args.dtype, **({"model": args.model} if args.model else {}))
-    return RunConfig(langs=list(langs), model=model, **({"gguf_out": "none"} if args.shape else {}),  # no GGUF source
+    name = {"model": args.model} if args.model else {"model": f"random-{args.shape}"} if args.shape else {}
+    model = ModelConfig(device=args.device, dtype=args.dtype, **name)  # a --shape model has no files, no GGUF
+    return RunConfig(langs=list(langs), model=model,
                      probe=ProbeConfig(samples=args.samples), train=TrainConfig(samples=args.samples),
                      eval=QuickEvalConfig(samples=args.eval_samples, reuse_base=False,
                                           reuse_prefill=not args.no_reuse_prefill))

@@ -17,7 +17,7 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
     | tee -a "$OUT/gpu.txt"
 common=(--device cuda --dtype bfloat16 --shape llama3-8b --tokenizer .bench_tok --langs zh,ja,ko,ar,bn,sw
         --no-langid --no-cross-check --peak-seconds 0.1 "$@")
-timeout 300 python3 benchmarks/roofline.py "${common[@]}" --json "$OUT/roofline_8b.json" 2>&1 \
+timeout 340 python3 benchmarks/roofline.py "${common[@]}" --json "$OUT/roofline_8b.json" 2>&1 \
     | grep -v "Writing model shards" | tee "$OUT/roofline_8b.log"
-timeout 240 python3 benchmarks/roofline.py "${common[@]}" --no-reuse-prefill --json "$OUT/roofline_8b_full_prefill.json" \
+timeout 200 python3 benchmarks/roofline.py "${common[@]}" --no-reuse-prefill --json "$OUT/roofline_8b_full_prefill.json" \
     2>&1 | grep -v "Writing model shards" | tee "$OUT/roofline_8b_full_prefill.log"

@@ -123,7 +123,8 @@ class Answers:
     start: int | None = None
     central_states: list[torch.Tensor] | None = None
     lower: str | None = None
-    prefill: PrefillStore | None = field(default=None, repr=False, compare=False)  # in memory only, never saved
+    # the base prompts' kept prefill: saved beside the base answers in $LENSML_CACHE, not in resume checkpoints
+    prefill: PrefillStore | None = field(default=None, repr=False, compare=False)
 
 
 def lower_digest(model, start: int) -> str:

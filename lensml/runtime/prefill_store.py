@@ -157,4 +157,4 @@ class PrefillStore:
         top = [(past.layers[i].keys[:, :, -width:], past.layers[i].values[:, :, -width:])
                for i in range(self.start, len(decoder.layers))]
         self.served += 1
-        return [(k, v) for k, v in kept.lower] + top
+        return list(kept.lower) + top
